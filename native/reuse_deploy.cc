@@ -1,0 +1,206 @@
+// Thin system-call layer for reuse-deploy. Policy, validation and messages
+// live in TypeScript (src/native.ts); every function here makes one or two
+// system calls and reports failures as an Error with `errno` and `syscall`.
+#include <napi.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/filter.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <string>
+
+#ifndef SO_ATTACH_REUSEPORT_CBPF
+#define SO_ATTACH_REUSEPORT_CBPF 51
+#endif
+#ifndef SO_DETACH_REUSEPORT_BPF
+#define SO_DETACH_REUSEPORT_BPF 68
+#endif
+
+namespace {
+
+Napi::Value ThrowErrno(Napi::Env env, const char* syscall, int err) {
+  Napi::Error e = Napi::Error::New(env, std::string(syscall) + ": " + strerror(err));
+  e.Set("errno", Napi::Number::New(env, err));
+  e.Set("syscall", Napi::String::New(env, syscall));
+  e.ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+bool ArgsAreNumbers(const Napi::CallbackInfo& info, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (info.Length() <= i || !info[i].IsNumber()) {
+      Napi::TypeError::New(info.Env(), "expected numeric arguments").ThrowAsJavaScriptException();
+      return false;
+    }
+  }
+  return true;
+}
+
+// bindReusePort(address: string, port: number): number
+// A TCP socket with SO_REUSEADDR and SO_REUSEPORT, bound but NOT listening.
+// It joins the port's reuseport group only at listen() (inet_csk_get_port
+// checks conflicts at bind; reuseport_add_sock runs from inet_csk_listen_start),
+// so binding early reports "port taken" and "other user" without taking traffic.
+// An IPv6 wildcard address is dual-stack (IPV6_V6ONLY=0), as Node's listen(port).
+Napi::Value BindReusePort(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsNumber()) {
+    Napi::TypeError::New(env, "bindReusePort(address, port)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::string addr = info[0].As<Napi::String>().Utf8Value();
+  int port = info[1].As<Napi::Number>().Int32Value();
+
+  sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  socklen_t len;
+  int family;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (inet_pton(AF_INET, addr.c_str(), &v4->sin_addr) == 1) {
+    family = AF_INET;
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    len = sizeof *v4;
+  } else if (inet_pton(AF_INET6, addr.c_str(), &v6->sin6_addr) == 1) {
+    family = AF_INET6;
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+    len = sizeof *v6;
+  } else {
+    Napi::TypeError::New(env, "not a numeric IP address: " + addr).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+
+  int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return ThrowErrno(env, "socket", errno);
+  int one = 1, zero = 0;
+  const char* step = nullptr;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) step = "setsockopt(SO_REUSEADDR)";
+  else if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) step = "setsockopt(SO_REUSEPORT)";
+  else if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) < 0)
+    step = "setsockopt(IPV6_V6ONLY)";
+  else if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0) step = "bind";
+  if (step) {
+    int err = errno;
+    close(fd);
+    return ThrowErrno(env, step, err);
+  }
+  return Napi::Number::New(env, fd);
+}
+
+// listen(fd, backlog): the moment the socket joins the reuseport group.
+Napi::Value Listen(const Napi::CallbackInfo& info) {
+  if (!ArgsAreNumbers(info, 2)) return info.Env().Undefined();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  int backlog = info[1].As<Napi::Number>().Int32Value();
+  if (listen(fd, backlog) < 0) return ThrowErrno(info.Env(), "listen", errno);
+  return info.Env().Undefined();
+}
+
+// attachSteering(fd, index): a classic BPF program that always returns
+// `index`, attached to the whole reuseport group through `fd`
+// (reuseport_attach_prog). The program never loads packet bytes: a failed
+// load would abort it with return 0, which is a valid index. An index past
+// the end of the group falls back to hash selection (reuseport_select_sock).
+Napi::Value AttachSteering(const Napi::CallbackInfo& info) {
+  if (!ArgsAreNumbers(info, 2)) return info.Env().Undefined();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  uint32_t index = info[1].As<Napi::Number>().Uint32Value();
+  sock_filter code[] = {{BPF_RET | BPF_K, 0, 0, index}};
+  sock_fprog prog = {1, code};
+  if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof prog) < 0)
+    return ThrowErrno(info.Env(), "setsockopt(SO_ATTACH_REUSEPORT_CBPF)", errno);
+  return info.Env().Undefined();
+}
+
+// detachSteering(fd): removes the group's program (Linux 5.3+).
+// ENOENT means no program was attached and is not an error.
+Napi::Value DetachSteering(const Napi::CallbackInfo& info) {
+  if (!ArgsAreNumbers(info, 1)) return info.Env().Undefined();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  int dummy = 0;
+  if (setsockopt(fd, SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, &dummy, sizeof dummy) < 0 && errno != ENOENT)
+    return ThrowErrno(info.Env(), "setsockopt(SO_DETACH_REUSEPORT_BPF)", errno);
+  return info.Env().Undefined();
+}
+
+// acceptQueue(fd): {queued, backlog}. For a listener, tcp_get_info reports
+// sk_ack_backlog (connections waiting for accept) in tcpi_unacked and
+// sk_max_ack_backlog in tcpi_sacked.
+Napi::Value AcceptQueue(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!ArgsAreNumbers(info, 1)) return env.Undefined();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  tcp_info ti;
+  memset(&ti, 0, sizeof ti);
+  socklen_t len = sizeof ti;
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0) return ThrowErrno(env, "getsockopt(TCP_INFO)", errno);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("listening", Napi::Boolean::New(env, ti.tcpi_state == 10 /* TCP_LISTEN */));
+  out.Set("queued", Napi::Number::New(env, ti.tcpi_unacked));
+  out.Set("backlog", Napi::Number::New(env, ti.tcpi_sacked));
+  return out;
+}
+
+Napi::Value CloseFd(const Napi::CallbackInfo& info) {
+  if (!ArgsAreNumbers(info, 1)) return info.Env().Undefined();
+  if (close(info[0].As<Napi::Number>().Int32Value()) < 0) return ThrowErrno(info.Env(), "close", errno);
+  return info.Env().Undefined();
+}
+
+// flock(fd, exclusive, wait): true when taken, false when another holder has
+// it and wait is false. The kernel drops the lock when the holder dies.
+Napi::Value Flock(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!ArgsAreNumbers(info, 1) || info.Length() < 3) return env.Undefined();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  bool exclusive = info[1].ToBoolean().Value();
+  bool wait = info[2].ToBoolean().Value();
+  int op = (exclusive ? LOCK_EX : LOCK_UN) | (wait ? 0 : LOCK_NB);
+  while (flock(fd, op) < 0) {
+    if (errno == EINTR) continue;
+    if (errno == EWOULDBLOCK) return Napi::Boolean::New(env, false);
+    return ThrowErrno(env, "flock", errno);
+  }
+  return Napi::Boolean::New(env, true);
+}
+
+// peerCredentials(fd): {pid, uid, gid} of the process on the other end of a
+// unix socket, as the kernel recorded it at connect() (SO_PEERCRED).
+Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!ArgsAreNumbers(info, 1)) return env.Undefined();
+  ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(info[0].As<Napi::Number>().Int32Value(), SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+    return ThrowErrno(env, "getsockopt(SO_PEERCRED)", errno);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("pid", Napi::Number::New(env, cred.pid));
+  out.Set("uid", Napi::Number::New(env, cred.uid));
+  out.Set("gid", Napi::Number::New(env, cred.gid));
+  return out;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("bindReusePort", Napi::Function::New(env, BindReusePort));
+  exports.Set("listen", Napi::Function::New(env, Listen));
+  exports.Set("attachSteering", Napi::Function::New(env, AttachSteering));
+  exports.Set("detachSteering", Napi::Function::New(env, DetachSteering));
+  exports.Set("acceptQueue", Napi::Function::New(env, AcceptQueue));
+  exports.Set("closeFd", Napi::Function::New(env, CloseFd));
+  exports.Set("flock", Napi::Function::New(env, Flock));
+  exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(reuse_deploy, Init)

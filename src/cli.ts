@@ -1,0 +1,185 @@
+#!/usr/bin/env node
+// cac wiring only: parse flags, call into src/deploy, print the result, exit
+// with the documented code (src/errors.ts).
+import fs from 'node:fs';
+import path from 'node:path';
+import { cac } from 'cac';
+import { DeployError, EXIT, toDeployError, usageError } from './errors';
+import { cpuCount, deployCommand, statusCommand, stopCommand, type DeployOutcome, type StatusOutcome } from './deploy/commands';
+import { parseDuration, parseEnv, parseHealthPath, parseInstances, parsePort, resolveHost } from './deploy/options';
+import { defaultStateDir } from './deploy/paths';
+import { createProgress, type Progress } from './deploy/progress';
+import { formatStatus } from './deploy/format';
+
+const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string };
+
+interface GlobalFlags {
+  json?: boolean;
+  quiet?: boolean;
+  stateDir?: string;
+  name?: string;
+  wait?: boolean;
+  drainTimeout?: string;
+}
+
+function stateDirOf(flags: GlobalFlags): string {
+  return flags.stateDir ? path.resolve(flags.stateDir) : defaultStateDir();
+}
+
+/** --name, else the only app in the state dir, else the package.json name in the current directory. */
+function nameOf(flags: GlobalFlags): string {
+  if (flags.name) return String(flags.name);
+  const dir = stateDirOf(flags);
+  let apps: string[] = [];
+  try {
+    apps = fs.readdirSync(dir).filter((d) => fs.existsSync(path.join(dir, d, 'state.json')));
+  } catch {
+    // no state dir yet
+  }
+  if (apps.length === 1) return apps[0]!;
+  try {
+    const name = (JSON.parse(fs.readFileSync('package.json', 'utf8')) as { name?: string }).name;
+    if (name) return name.replace(/^@/, '').replace(/[^a-zA-Z0-9._-]+/g, '-');
+  } catch {
+    // no package.json here
+  }
+  throw usageError(
+    apps.length === 0
+      ? `No apps are deployed in ${dir}. Pass --state-dir if they were deployed with another one.`
+      : `Several apps are deployed (${apps.join(', ')}). Say which with --name.`,
+  );
+}
+
+function printResult(flags: GlobalFlags, result: unknown, line: string): void {
+  if (flags.json) process.stdout.write(`${JSON.stringify({ ok: true, ...(result as object) })}\n`);
+  else if (!flags.quiet) process.stdout.write(`${line}\n`);
+}
+
+function fail(flags: GlobalFlags, err: unknown, progress?: Progress): never {
+  progress?.end(false);
+  const e = toDeployError(err);
+  if (flags.json) {
+    process.stdout.write(`${JSON.stringify({ ok: false, error: { code: e.code, exitCode: e.exitCode, message: e.message, logTail: e.logTail ?? null, ...e.details } })}\n`);
+  } else {
+    let text = `reuse-deploy: ${e.message} [${e.code}]\n`;
+    if (e.logTail) text += `--- last lines of the new instance's log ---\n${e.logTail}\n---\n`;
+    if (e.code === 'RD_ERR_INTERNAL' && e.cause instanceof Error && e.cause.stack) text += `${e.cause.stack}\n`;
+    process.stderr.write(text);
+  }
+  process.exit(e.exitCode);
+}
+
+async function run<T>(flags: GlobalFlags, fn: (progress: Progress) => Promise<T>, line: (result: T) => string): Promise<void> {
+  const progress = await createProgress(flags);
+  try {
+    const result = await fn(progress);
+    progress.end(true);
+    printResult(flags, result, line(result));
+    process.exit(EXIT.ok);
+  } catch (err) {
+    fail(flags, err, progress);
+  }
+}
+
+function deploySummary(r: DeployOutcome): string {
+  const replaced = r.previousRelease ? `, replaced ${r.previousRelease}` : '';
+  return `deployed ${r.app} ${r.release} on ${r.host.includes(':') ? `[${r.host}]` : r.host}:${r.port} (pid ${r.pids.join(', ')}${replaced}): healthy in ${r.msToHealthy} ms, total ${r.msTotal} ms`;
+}
+
+const cli = cac('reuse-deploy');
+
+cli
+  .command('[entry] [...args]', 'Deploy a new version of a Node.js server with zero downtime')
+  .option('--port <port>', 'TCP port the app serves on (required)')
+  .option('--host <address>', 'Address to bind (default: :: dual-stack, as Node\'s listen(port))')
+  .option('--name <name>', 'App name (default: nearest package.json name, else the directory name)')
+  .option('--root <dir>', 'App directory (default: the directory of the nearest package.json above the entry)')
+  .option('--health <path>', 'Health endpoint; needs a 2xx (default: GET / with any status below 500)')
+  .option('--health-timeout <duration>', 'Time to boot, listen and pass health (default: 30s)')
+  .option('--drain-timeout <duration>', 'Time the old version gets to finish its requests (default: 30s)')
+  .option('--handshake-grace <duration>', 'Wait for handshakes in flight to the old listener before it closes (default: 1s)')
+  .option('--instances <n>', 'App processes per release, or "max" for one per CPU (default: 1)')
+  .option('--env <KEY=VALUE>', 'Environment variable for the app (repeatable)')
+  .option('--node-arg <arg>', 'Extra argument for node, e.g. --node-arg=--max-old-space-size=512 (repeatable)')
+  .option('--state-dir <dir>', 'State directory (default: $REUSE_DEPLOY_HOME, $XDG_STATE_HOME/reuse-deploy, ~/.local/state/reuse-deploy, /var/lib/reuse-deploy as root)')
+  .option('--wait', 'Queue behind another command working on the same app instead of failing')
+  .option('--json', 'Print one JSON object on stdout and nothing else there')
+  .option('--quiet', 'Print nothing but warnings and errors')
+  .example('reuse-deploy ./dist/server.js --port 8080 --host 127.0.0.1')
+  .example('reuse-deploy ./dist/server.js --port 443 --health /healthz --env NODE_ENV=production')
+  .example('reuse-deploy ./server.js --port 3000 -- --config prod.json   # args after -- go to the app')
+  .action(async (entry: string | undefined, args: string[], flags: GlobalFlags & Record<string, unknown>) => {
+    if (!entry) {
+      cli.outputHelp();
+      process.exit(EXIT.usage);
+    }
+    await run(
+      flags,
+      async (progress) => {
+        const nodeArg = flags.nodeArg === undefined ? [] : ([] as unknown[]).concat(flags.nodeArg).map(String);
+        return deployCommand(
+          {
+            entry,
+            root: flags.root === undefined ? undefined : String(flags.root),
+            name: flags.name === undefined ? undefined : String(flags.name),
+            host: await resolveHost(flags.host),
+            port: parsePort(flags.port),
+            instances: parseInstances(flags.instances, cpuCount()),
+            health: parseHealthPath(flags.health),
+            healthTimeoutMs: parseDuration('health-timeout', flags.healthTimeout, 30_000),
+            drainTimeoutMs: parseDuration('drain-timeout', flags.drainTimeout, 30_000),
+            handshakeGraceMs: parseDuration('handshake-grace', flags.handshakeGrace, 1_000),
+            env: parseEnv(flags.env),
+            args: [...args, ...((flags['--'] as string[] | undefined) ?? [])].map(String),
+            nodeArgs: nodeArg,
+            stateDir: stateDirOf(flags),
+            wait: Boolean(flags.wait),
+          },
+          progress,
+        );
+      },
+      deploySummary,
+    );
+  });
+
+cli
+  .command('status', 'Show the app, its port, the live release and every instance')
+  .option('--name <name>', 'App name (default: the only deployed app, or the package.json name here)')
+  .option('--state-dir <dir>', 'State directory')
+  .option('--json', 'Print one JSON object')
+  .example('reuse-deploy status --name hello --json')
+  .action(async (flags: GlobalFlags) => {
+    await run(flags, async () => statusCommand(stateDirOf(flags), nameOf(flags)), (r: StatusOutcome) => formatStatus(r));
+  });
+
+cli
+  .command('stop', 'Drain and stop every instance of the app (its releases stay recorded)')
+  .option('--name <name>', 'App name')
+  .option('--state-dir <dir>', 'State directory')
+  .option('--drain-timeout <duration>', 'Time the app gets to finish its requests (default: 30s)')
+  .option('--wait', 'Queue behind another command working on the same app')
+  .option('--json', 'Print one JSON object')
+  .option('--quiet', 'Print nothing but warnings and errors')
+  .example('reuse-deploy stop --name hello')
+  .action(async (flags: GlobalFlags) => {
+    await run(
+      flags,
+      (progress) => stopCommand(stateDirOf(flags), nameOf(flags), parseDuration('drain-timeout', flags.drainTimeout, 30_000), Boolean(flags.wait), progress),
+      (r) => `stopped ${r.app}: ${r.stopped.length} instance(s) drained${r.forced.length ? `, ${r.forced.length} killed after the timeout` : ''}`,
+    );
+  });
+
+cli.help();
+cli.version(pkg.version);
+
+try {
+  cli.parse(process.argv, { run: false });
+  if (cli.matchedCommand === undefined && !cli.options.help && !cli.options.version) {
+    const unknown = cli.args[0];
+    throw usageError(`Unknown command ${JSON.stringify(unknown)}. Run reuse-deploy --help.`);
+  }
+  void Promise.resolve(cli.runMatchedCommand()).catch((err: unknown) => fail(cli.options as GlobalFlags, err));
+} catch (err) {
+  const e = err instanceof DeployError ? err : usageError((err as Error).message);
+  fail(cli.options as GlobalFlags, e);
+}

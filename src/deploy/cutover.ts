@@ -1,0 +1,204 @@
+// The cutover state machine: one deploy of one release of one app.
+//
+//   locked -> spawned -> listening -> healthy -> live -> old-draining -> recorded
+//      \________\___________\___________\
+//                                        `-> rolled-back (new instance stopped)
+//
+// Invariant: at every moment the app has at most one live, undraining
+// instance, and the port never has fewer accepting listeners than before
+// the deploy started:
+// - the new instance joins the port (listen()) only after every one of its
+//   app processes passed the health check on its private probe socket;
+// - the old instance is told to drain only after the new one accepts and
+//   new connections are steered to it;
+// - any failure before go-live stops the new instance and nothing else: the
+//   old one never learns a deploy was tried.
+// state.json is written before each step that starts or stops a process, so
+// that a crash at any line leaves a state the next command can repair.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { DeployError } from '../errors';
+import type { KeeperStatus } from '../protocol';
+import { isHealthy, probe, type HealthRule, type ProbeResult } from './health';
+import { keeperDrain, keeperLive, tryKeeperStatus } from './keeper-client';
+import { logTail, spawnKeeper, stopInstance, waitForKeeper, type Spawned } from './instances';
+import type { AppPaths } from './paths';
+import type { Progress } from './progress';
+import { liveInstance, writeState, type AppState, type Instance, type Release } from './state';
+
+export interface CutoverOptions {
+  app: string;
+  host: string;
+  port: number;
+  instances: number;
+  health: string | null;
+  healthTimeoutMs: number;
+  drainTimeoutMs: number;
+  /** Time for handshakes in flight to the old listener to complete before it closes. */
+  handshakeGraceMs: number;
+  env: Record<string, string>;
+}
+
+export interface CutoverResult {
+  app: string;
+  release: string;
+  instance: string;
+  pids: number[];
+  port: number;
+  host: string;
+  previousRelease: string | null;
+  msToHealthy: number;
+  msTotal: number;
+  steering: KeeperStatus['steering'];
+}
+
+const POLL_MS = 50;
+
+function failure(spawned: Spawned, code: DeployError['code'], message: string, details: Record<string, unknown> = {}): DeployError {
+  return new DeployError(code, message, { logTail: logTail(spawned.logFile, spawned.logOffset), details });
+}
+
+/** Waits until every app process has called listen() on the deploy port (phase 'gated'). */
+async function waitListening(spawned: Spawned, port: number, deadline: number): Promise<KeeperStatus> {
+  let last: KeeperStatus | null = null;
+  for (;;) {
+    last = (await tryKeeperStatus(spawned.instance.controlSocket, 1_000)) ?? last;
+    if (last?.phase === 'failed' && last.error) throw failure(spawned, last.error.code as DeployError['code'], last.error.message);
+    if (last?.phase === 'gated') return last;
+    if (Date.now() > deadline) {
+      const other = [...new Set(last?.apps.flatMap((a) => a.otherPorts) ?? [])];
+      const hint = other.length
+        ? ` It listened on port ${other.join(', ')} instead: pass --port ${other[0]}, or make the app listen on process.env.PORT.`
+        : ' Make sure it calls listen() on process.env.PORT, or raise --health-timeout if it boots slowly.';
+      throw failure(spawned, 'RD_ERR_NEVER_LISTENED', `The new version did not listen on port ${port} in time.${hint}`);
+    }
+    await sleep(POLL_MS);
+  }
+}
+
+/** Probes every app process until all pass, or the deadline. */
+async function waitHealthy(spawned: Spawned, gated: KeeperStatus, rule: HealthRule, deadline: number, progress: Progress): Promise<void> {
+  const pending = new Set(gated.apps.map((a) => a.slot));
+  let last: ProbeResult | null = null;
+  let attempts = 0;
+  while (pending.size > 0) {
+    for (const app of gated.apps) {
+      if (!pending.has(app.slot)) continue;
+      const timeout = Math.max(100, Math.min(5_000, deadline - Date.now()));
+      last = await probe(`${spawned.instance.probeSocketPrefix}${app.slot}.sock`, app.tls, rule, timeout);
+      if (isHealthy(rule, last)) pending.delete(app.slot);
+    }
+    if (pending.size === 0) return;
+    const status = await tryKeeperStatus(spawned.instance.controlSocket, 1_000);
+    if (status?.phase === 'failed' && status.error) throw failure(spawned, status.error.code as DeployError['code'], status.error.message);
+    if (++attempts === 20) progress.info(`still waiting for health: last answer ${last?.status ?? last?.error ?? 'none'}`);
+    if (Date.now() > deadline) break;
+    await sleep(100);
+  }
+  const what = rule.path ? `GET ${rule.path} (2xx needed)` : 'GET / (any status below 500)';
+  if (last?.status != null) {
+    throw failure(
+      spawned,
+      'RD_ERR_HEALTH_STATUS',
+      `The health check ${what} answered ${last.status}` +
+        (last.bodyStart ? `: ${JSON.stringify(last.bodyStart.slice(0, 120))}` : '') +
+        '. Fix the app, or point --health at an endpoint that reports readiness.',
+      { status: last.status, body: last.bodyStart },
+    );
+  }
+  throw failure(
+    spawned,
+    'RD_ERR_HEALTH_TIMEOUT',
+    `The health check ${what} got no answer in time (${last?.error ?? 'no attempt finished'}). ` +
+      'Raise --health-timeout if the app warms up slowly.',
+  );
+}
+
+/** Waits until instances that are draining have left the port's group, so that steering indices stay right. */
+async function waitOldListenersClosed(state: AppState, progress: Progress): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  for (const old of state.instances.filter((i) => i.role === 'draining')) {
+    for (;;) {
+      const status = await tryKeeperStatus(old.controlSocket, 1_000);
+      if (!status || status.listener === 'closed') break;
+      if (Date.now() > deadline) {
+        progress.warn(`instance ${old.id} (${old.release}) still has its listener open after 15 s`);
+        break;
+      }
+      await sleep(POLL_MS);
+    }
+  }
+}
+
+/** Runs one deploy of `release`. The caller holds the app's lock and has repaired `state`. */
+export async function cutover(paths: AppPaths, state: AppState, release: Release, options: CutoverOptions, progress: Progress): Promise<CutoverResult> {
+  const started = Date.now();
+  const deadline = started + options.healthTimeoutMs;
+  const old = liveInstance(state);
+
+  progress.phase(`starting ${options.app} ${release.id}`);
+  const spawned = spawnKeeper(paths, release, {
+    app: options.app,
+    host: options.host,
+    port: options.port,
+    instances: options.instances,
+    env: options.env,
+    gateTimeoutMs: options.healthTimeoutMs + 30_000,
+  });
+  state.instances.push(spawned.instance);
+  writeState(paths.state, state);
+
+  let live: KeeperStatus;
+  let msToHealthy: number;
+  try {
+    await waitForKeeper(spawned, 10_000);
+    progress.phase(`waiting for ${release.id} to listen on port ${options.port}`);
+    const gated = await waitListening(spawned, options.port, deadline);
+    progress.phase(`checking health of ${release.id} (${options.health ?? 'GET /'}) on its private socket`);
+    await waitHealthy(spawned, gated, { path: options.health, port: options.port }, deadline, progress);
+    msToHealthy = Date.now() - started;
+    await waitOldListenersClosed(state, progress);
+    progress.phase(`${release.id} is healthy; joining port ${options.port}`);
+    try {
+      live = await keeperLive(spawned.instance.controlSocket, old ? [old.keeperPid] : []);
+    } catch (err) {
+      throw failure(spawned, 'RD_ERR_GO_LIVE', `The new version passed health but could not go live: ${(err as Error).message}`);
+    }
+  } catch (err) {
+    progress.phase(`stopping the new instance; ${old ? `${old.release} keeps serving` : 'nothing else was running'}`);
+    await stopInstance(spawned.instance);
+    state.instances = state.instances.filter((i) => i.id !== spawned.instance.id);
+    writeState(paths.state, state);
+    throw err;
+  }
+
+  if (live.steering && live.steering.unknown > 0) {
+    progress.warn(
+      `${live.steering.unknown} other listener(s) on port ${options.port} belong to no reuse-deploy instance of "${options.app}". ` +
+        'They keep receiving their share of connections.',
+    );
+  }
+  const instance = state.instances.find((i) => i.id === spawned.instance.id) as Instance;
+  instance.role = 'live';
+  if (old) old.role = 'draining';
+  state.liveHistory.push(release.id);
+  writeState(paths.state, state);
+
+  if (old) {
+    progress.phase(`draining ${old.release} (up to ${Math.round(options.drainTimeoutMs / 1000)} s, in the background)`);
+    await keeperDrain(old.controlSocket, options.drainTimeoutMs, options.handshakeGraceMs).catch((err) =>
+      progress.warn(`could not reach the old instance ${old.id} to drain it: ${(err as Error).message}`),
+    );
+  }
+  return {
+    app: options.app,
+    release: release.id,
+    instance: instance.id,
+    pids: live.apps.map((a) => a.pid ?? -1),
+    port: options.port,
+    host: options.host,
+    previousRelease: old?.release ?? null,
+    msToHealthy,
+    msTotal: Date.now() - started,
+    steering: live.steering,
+  };
+}

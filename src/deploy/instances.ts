@@ -1,0 +1,173 @@
+// Starting, stopping and inspecting keepers (one per running release).
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { DeployError } from '../errors';
+import { KEEPER_CONFIG_ENV, type KeeperConfig, type KeeperStatus } from '../protocol';
+import { keeperStop, tryKeeperStatus } from './keeper-client';
+import { checkSocketPath, type AppPaths } from './paths';
+import type { Instance, Release } from './state';
+
+const KEEPER_MAIN = path.join(__dirname, '..', 'keeper', 'main.js');
+const PRELOAD = path.join(__dirname, '..', 'runtime', 'preload.js');
+
+export interface Spawned {
+  instance: Instance;
+  logFile: string;
+  /** Log size before this keeper started: its own lines come after. */
+  logOffset: number;
+  exited: Promise<number | null>;
+}
+
+export interface SpawnOptions {
+  app: string;
+  host: string;
+  port: number;
+  instances: number;
+  env: Record<string, string>;
+  gateTimeoutMs: number;
+}
+
+export function logFileOf(paths: AppPaths, release: string): string {
+  return path.join(paths.logs, `${release}.log`);
+}
+
+/** Starts a keeper for `release`, detached in its own session, logging to the release's log file. */
+export function spawnKeeper(paths: AppPaths, release: Release, options: SpawnOptions): Spawned {
+  const id = randomBytes(4).toString('hex');
+  const controlSocket = path.join(paths.run, `${id}.sock`);
+  const probeSocketPrefix = path.join(paths.run, `${id}-`);
+  checkSocketPath(`${probeSocketPrefix}${Math.max(0, options.instances - 1)}.sock`);
+  const config: KeeperConfig = {
+    id,
+    app: options.app,
+    release: release.id,
+    entry: release.entry,
+    cwd: release.root,
+    args: release.args,
+    nodeArgs: release.nodeArgs,
+    host: options.host,
+    port: options.port,
+    instances: options.instances,
+    env: { PORT: String(options.port), REUSE_DEPLOY_RELEASE: release.id, REUSE_DEPLOY_APP: options.app, ...release.env, ...options.env },
+    controlSocket,
+    probeSocketPrefix,
+    gateTimeoutMs: options.gateTimeoutMs,
+    preload: PRELOAD,
+  };
+  const logFile = logFileOf(paths, release.id);
+  const logFd = fs.openSync(logFile, 'a', 0o600);
+  const logOffset = fs.fstatSync(logFd).size;
+  const child = spawn(process.execPath, [KEEPER_MAIN], {
+    cwd: release.root,
+    detached: true, // setsid: outlives the CLI, and is not hit by its terminal's signals
+    stdio: ['ignore', logFd, logFd],
+    env: { ...process.env, [KEEPER_CONFIG_ENV]: JSON.stringify(config) },
+  });
+  fs.closeSync(logFd);
+  const exited = new Promise<number | null>((resolve) => {
+    child.once('exit', (code) => resolve(code));
+    child.once('error', () => resolve(null));
+  });
+  child.unref();
+  return {
+    instance: {
+      id,
+      release: release.id,
+      keeperPid: child.pid ?? -1,
+      controlSocket,
+      probeSocketPrefix,
+      instances: options.instances,
+      startedAt: Date.now(),
+      role: 'starting',
+    },
+    logFile,
+    logOffset,
+    exited,
+  };
+}
+
+/** The last `lines` lines written to `file` after byte `offset`. */
+export function logTail(file: string, offset = 0, lines = 20): string {
+  try {
+    const size = fs.statSync(file).size;
+    const start = Math.max(offset, size - 16_384);
+    const fd = fs.openSync(file, 'r');
+    const buf = Buffer.alloc(size - start);
+    fs.readSync(fd, buf, 0, buf.length, start);
+    fs.closeSync(fd);
+    return buf.toString('utf8').split('\n').filter(Boolean).slice(-lines).join('\n');
+  } catch {
+    return '';
+  }
+}
+
+/** Is `pid` a running process (not gone, not a zombie waiting to be reaped)? */
+export function isAlive(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** Is `pid` still one of our keepers (and not a recycled pid)? */
+export function isKeeper(pid: number): boolean {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(KEEPER_MAIN);
+  } catch {
+    return false;
+  }
+}
+
+/** Waits until the keeper answers on its control socket, or fails if it exits first. */
+export async function waitForKeeper(spawned: Spawned, timeoutMs: number): Promise<KeeperStatus> {
+  const deadline = Date.now() + timeoutMs;
+  let exitCode: number | null | undefined;
+  void spawned.exited.then((code) => (exitCode = code));
+  for (;;) {
+    const status = await tryKeeperStatus(spawned.instance.controlSocket, 1_000);
+    if (status) return status;
+    if (exitCode !== undefined || Date.now() > deadline) {
+      throw new DeployError(
+        'RD_ERR_KEEPER',
+        exitCode !== undefined
+          ? `The instance supervisor exited (code ${exitCode}) before it answered.`
+          : 'The instance supervisor did not answer on its control socket.',
+        { logTail: logTail(spawned.logFile, spawned.logOffset) },
+      );
+    }
+    await sleep(20);
+  }
+}
+
+/** Stops a keeper and its apps at once (no drain): for instances that never went live. */
+export async function stopInstance(instance: Instance): Promise<void> {
+  await keeperStop(instance.controlSocket).catch(() => undefined);
+  const deadline = Date.now() + 8_000;
+  while (isAlive(instance.keeperPid) && isKeeper(instance.keeperPid) && Date.now() < deadline) await sleep(25);
+  killKeeperGroup(instance.keeperPid);
+}
+
+/** SIGKILL to the keeper's process group (it is a session leader: pgid = pid), if it is still ours. */
+export function killKeeperGroup(pid: number): void {
+  if (pid <= 0 || !isKeeper(pid)) return;
+  try {
+    process.kill(-pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+}
+
+/** Waits until the keeper process is gone. */
+export async function waitGone(instance: Instance, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (isAlive(instance.keeperPid) && isKeeper(instance.keeperPid)) {
+    if (Date.now() > deadline) return false;
+    await sleep(50);
+  }
+  return true;
+}

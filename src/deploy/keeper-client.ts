@@ -1,0 +1,47 @@
+// Talks to a keeper's control socket (HTTP over a unix socket, with undici).
+import { Client } from 'undici';
+import type { KeeperStatus } from '../protocol';
+
+async function call<T>(socketPath: string, method: 'GET' | 'POST', path: string, body: unknown, timeoutMs: number): Promise<T> {
+  const client = new Client('http://keeper', { socketPath, connectTimeout: timeoutMs });
+  try {
+    const res = await client.request({
+      method,
+      path,
+      headers: { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      headersTimeout: timeoutMs,
+      bodyTimeout: timeoutMs,
+    });
+    const json = (await res.body.json()) as T & { error?: string };
+    if (res.statusCode >= 400) throw new Error(json.error ?? `keeper answered ${res.statusCode}`);
+    return json;
+  } finally {
+    await client.close().catch(() => undefined);
+  }
+}
+
+export function keeperStatus(socketPath: string, timeoutMs = 2_000): Promise<KeeperStatus> {
+  return call(socketPath, 'GET', '/status', undefined, timeoutMs);
+}
+
+/** Resolves or rejects with null when nobody answers on the socket. */
+export async function tryKeeperStatus(socketPath: string, timeoutMs = 2_000): Promise<KeeperStatus | null> {
+  try {
+    return await keeperStatus(socketPath, timeoutMs);
+  } catch {
+    return null;
+  }
+}
+
+export function keeperLive(socketPath: string, knownPids: number[]): Promise<KeeperStatus> {
+  return call(socketPath, 'POST', '/live', { knownPids }, 15_000);
+}
+
+export function keeperDrain(socketPath: string, timeoutMs: number, graceMs: number): Promise<unknown> {
+  return call(socketPath, 'POST', '/drain', { timeoutMs, graceMs }, 5_000);
+}
+
+export function keeperStop(socketPath: string): Promise<unknown> {
+  return call(socketPath, 'POST', '/stop', {}, 5_000);
+}

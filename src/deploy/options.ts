@@ -1,0 +1,64 @@
+// Validation of flag values. Each failure says what arrived and what is expected.
+import dns from 'node:dns/promises';
+import net from 'node:net';
+import { usageError } from '../errors';
+
+/** "30s", "500ms", "2m", "1h", or a plain number of seconds. */
+export function parseDuration(flag: string, value: unknown, fallbackMs: number): number {
+  if (value === undefined || value === null || value === '') return fallbackMs;
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(String(value).trim());
+  if (!m) throw usageError(`--${flag} ${JSON.stringify(String(value))} is not a duration. Use e.g. 30s, 500ms, 2m, or a number of seconds.`);
+  const n = Number(m[1]);
+  const unit = m[2] ?? 's';
+  return Math.round(n * { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 }[unit]!);
+}
+
+export function parsePort(value: unknown): number {
+  if (value === undefined || value === true) throw usageError('--port is required: the TCP port the app serves on, e.g. --port 8080.');
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw usageError(`--port ${JSON.stringify(String(value))} is not a TCP port. Use a whole number from 1 to 65535.`);
+  return n;
+}
+
+export function parseInstances(value: unknown, cpus: number): number {
+  if (value === undefined) return 1;
+  if (value === 'max') return cpus;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 256) throw usageError(`--instances ${JSON.stringify(String(value))} is not valid. Use a whole number from 1 to 256, or "max" for one per CPU.`);
+  return n;
+}
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** Repeatable --env KEY=VALUE. The value is passed as is: no shell ever sees it. */
+export function parseEnv(value: unknown): Record<string, string> {
+  const list = value === undefined ? [] : Array.isArray(value) ? value : [value];
+  const env: Record<string, string> = {};
+  for (const item of list) {
+    const text = String(item);
+    const eq = text.indexOf('=');
+    const key = eq > 0 ? text.slice(0, eq) : '';
+    if (!ENV_NAME.test(key)) throw usageError(`--env ${JSON.stringify(text)} is not KEY=VALUE with a valid variable name (letters, digits, _; not starting with a digit).`);
+    env[key] = text.slice(eq + 1);
+  }
+  return env;
+}
+
+export function parseHealthPath(value: unknown): string | null {
+  if (value === undefined) return null;
+  const text = String(value);
+  if (!text.startsWith('/') || /\s/.test(text)) throw usageError(`--health ${JSON.stringify(text)} is not a URL path. Use e.g. --health /healthz.`);
+  return text;
+}
+
+/** A numeric address to bind. Names are resolved once, here. Default: '::' (dual-stack), as Node's listen(port). */
+export async function resolveHost(value: unknown): Promise<string> {
+  if (value === undefined) return '::';
+  const text = String(value).replace(/^\[(.*)\]$/, '$1');
+  if (net.isIP(text)) return text;
+  try {
+    return (await dns.lookup(text)).address;
+  } catch {
+    throw usageError(`--host ${JSON.stringify(text)} is neither an IP address nor a name this machine can resolve. Use e.g. --host 127.0.0.1 or --host ::.`);
+  }
+}

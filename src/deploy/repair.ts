@@ -1,0 +1,59 @@
+// Brings state.json back in line with what really runs, after a command was
+// killed half-way. Called with the app's lock held, so no other command is
+// mid-way: an instance still "starting" has lost its CLI.
+import type { KeeperStatus } from '../protocol';
+import { keeperDrain, tryKeeperStatus } from './keeper-client';
+import { isAlive, isKeeper, killKeeperGroup, stopInstance } from './instances';
+import { writeState, type AppState, type Instance } from './state';
+
+export interface Repair {
+  /** What was repaired, one sentence each, for the user. */
+  notes: string[];
+  statuses: Map<string, KeeperStatus>;
+}
+
+export async function repairState(stateFile: string, state: AppState, drainTimeoutMs: number): Promise<Repair> {
+  const notes: string[] = [];
+  const statuses = new Map<string, KeeperStatus>();
+  const keep: Instance[] = [];
+
+  for (const instance of state.instances) {
+    const status = await tryKeeperStatus(instance.controlSocket, 1_500);
+    if (!status) {
+      if (isAlive(instance.keeperPid) && isKeeper(instance.keeperPid)) {
+        killKeeperGroup(instance.keeperPid);
+        notes.push(`instance ${instance.id} (${instance.release}) did not answer; killed it`);
+      } else if (instance.role !== 'draining') {
+        notes.push(`instance ${instance.id} (${instance.release}, ${instance.role}) is gone; removed it from the state`);
+      }
+      continue;
+    }
+    statuses.set(instance.id, status);
+    if (instance.role === 'starting') {
+      if (status.phase === 'live') {
+        instance.role = 'live';
+        notes.push(`instance ${instance.id} (${instance.release}) had gone live before its deploy was interrupted; it is now recorded as live`);
+      } else {
+        await stopInstance(instance);
+        notes.push(`stopped instance ${instance.id} (${instance.release}), left half-started by an interrupted deploy`);
+        continue;
+      }
+    }
+    keep.push(instance);
+  }
+
+  // More than one live instance: the newest wins, the others drain.
+  const live = keep.filter((i) => i.role === 'live').sort((a, b) => a.startedAt - b.startedAt);
+  for (const older of live.slice(0, -1)) {
+    older.role = 'draining';
+    await keeperDrain(older.controlSocket, drainTimeoutMs, 1_000).catch(() => undefined);
+    notes.push(`instance ${older.id} (${older.release}) was still live next to a newer one; draining it`);
+  }
+  const newest = live[live.length - 1];
+  if (newest && state.liveHistory[state.liveHistory.length - 1] !== newest.release) state.liveHistory.push(newest.release);
+
+  const changed = notes.length > 0 || keep.length !== state.instances.length;
+  state.instances = keep;
+  if (changed) writeState(stateFile, state);
+  return { notes, statuses };
+}

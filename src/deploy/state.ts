@@ -1,0 +1,94 @@
+// state.json of one app: what runs, what was released. Written atomically
+// (temp file, fsync, rename, fsync of the directory), so that a crash at any
+// line leaves either the old or the new file, never half of one.
+import fs from 'node:fs';
+import path from 'node:path';
+import { DeployError } from '../errors';
+
+export interface Release {
+  id: string;
+  createdAt: number;
+  /** Entry file, absolute. */
+  entry: string;
+  /** Working directory of the app processes. */
+  root: string;
+  args: string[];
+  nodeArgs: string[];
+  env: Record<string, string>;
+}
+
+export type InstanceRole = 'starting' | 'live' | 'draining';
+
+export interface Instance {
+  id: string;
+  release: string;
+  keeperPid: number;
+  controlSocket: string;
+  probeSocketPrefix: string;
+  instances: number;
+  startedAt: number;
+  role: InstanceRole;
+}
+
+export interface AppState {
+  version: 1;
+  name: string;
+  host: string;
+  port: number;
+  nextRelease: number;
+  releases: Release[];
+  instances: Instance[];
+  /** Release ids in the order they went live, newest last. */
+  liveHistory: string[];
+}
+
+export function emptyState(name: string, host: string, port: number): AppState {
+  return { version: 1, name, host, port, nextRelease: 1, releases: [], instances: [], liveHistory: [] };
+}
+
+export function readState(file: string): AppState | null {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new DeployError('RD_ERR_STATE_DIR', `Cannot read ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  try {
+    const state = JSON.parse(text) as AppState;
+    if (state.version !== 1) throw new Error(`unknown state version ${String(state.version)}`);
+    return state;
+  } catch (err) {
+    throw new DeployError(
+      'RD_ERR_STATE_DIR',
+      `${file} is not a reuse-deploy state file (${(err as Error).message}). Move it away to start this app's state afresh.`,
+      { cause: err },
+    );
+  }
+}
+
+export function writeState(file: string, state: AppState): void {
+  const tmp = `${file}.${process.pid}.tmp`;
+  const fd = fs.openSync(tmp, 'w', 0o600);
+  try {
+    fs.writeSync(fd, `${JSON.stringify(state, null, 2)}\n`);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+  const dirFd = fs.openSync(path.dirname(file), 'r');
+  try {
+    fs.fsyncSync(dirFd);
+  } finally {
+    fs.closeSync(dirFd);
+  }
+}
+
+export function liveInstance(state: AppState): Instance | undefined {
+  return state.instances.find((i) => i.role === 'live');
+}
+
+export function findRelease(state: AppState, id: string): Release | undefined {
+  return state.releases.find((r) => r.id === id);
+}

@@ -1,0 +1,116 @@
+// One app process of a release: spawn, messages, exit, rss.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { EventEmitter } from 'node:events';
+import fs from 'node:fs';
+import { APP_LISTEN_FD, ENV, isAppMessage, type AppMessage, type AppStatus, type KeeperConfig, type KeeperMessage } from '../protocol';
+
+export interface AppEvents {
+  message: [AppMessage];
+  exit: [number | null, NodeJS.Signals | null];
+}
+
+export class AppProcess extends EventEmitter<AppEvents> {
+  readonly status: AppStatus;
+  private child: ChildProcess | null = null;
+
+  constructor(
+    readonly slot: number,
+    private readonly config: KeeperConfig,
+    private readonly listenFd: number,
+  ) {
+    super();
+    this.status = {
+      slot,
+      pid: null,
+      state: 'starting',
+      tls: false,
+      startedAt: Date.now(),
+      exitCode: null,
+      signal: null,
+      restarts: 0,
+      otherPorts: [],
+      connections: 0,
+      inflight: 0,
+      rssBytes: 0,
+    };
+  }
+
+  probeSocket(): string {
+    return `${this.config.probeSocketPrefix}${this.slot}.sock`;
+  }
+
+  /** Starts the process; with `live`, it listens at once (a restart after a crash). */
+  start(live: boolean): void {
+    const c = this.config;
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      ...c.env,
+      [ENV.keeperPid]: String(process.pid),
+      [ENV.port]: String(c.port),
+      [ENV.fd]: String(APP_LISTEN_FD),
+      [ENV.probe]: this.probeSocket(),
+      [ENV.live]: live ? '1' : '0',
+    };
+    const child = spawn(process.execPath, [...c.nodeArgs, '--require', c.preload, c.entry, ...c.args], {
+      cwd: c.cwd,
+      env,
+      // stdout/stderr go where the keeper's go: the release's log file.
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc', this.listenFd],
+    });
+    this.child = child;
+    Object.assign(this.status, {
+      pid: child.pid ?? null,
+      state: 'starting',
+      startedAt: Date.now(),
+      exitCode: null,
+      signal: null,
+      otherPorts: [],
+      connections: 0,
+      inflight: 0,
+    });
+    child.on('message', (m: unknown) => {
+      if (!isAppMessage(m)) return;
+      if (m.rd === 'gated') Object.assign(this.status, { state: 'gated', tls: m.tls });
+      else if (m.rd === 'live') this.status.state = 'live';
+      else if (m.rd === 'other-port') this.status.otherPorts.push(m.port);
+      else if (m.rd === 'stats') Object.assign(this.status, { connections: m.connections, inflight: m.inflight });
+      this.emit('message', m);
+    });
+    child.on('error', () => undefined); // reported through 'exit'
+    child.on('exit', (code, signal) => {
+      if (this.child !== child) return;
+      this.child = null;
+      Object.assign(this.status, { state: 'exited', exitCode: code, signal, pid: null });
+      this.emit('exit', code, signal);
+    });
+  }
+
+  get running(): boolean {
+    return this.child !== null;
+  }
+
+  send(message: KeeperMessage): void {
+    if (this.child?.connected) this.child.send(message);
+  }
+
+  kill(signal: NodeJS.Signals): void {
+    this.child?.kill(signal);
+  }
+
+  /** Resolves once the process has exited (at once if it is not running). */
+  async exited(): Promise<void> {
+    if (!this.child) return;
+    await new Promise<void>((resolve) => this.once('exit', () => resolve()));
+  }
+
+  /** Resident memory from /proc, for status. */
+  readRss(): void {
+    if (!this.status.pid) return;
+    try {
+      const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${this.status.pid}/status`, 'utf8'));
+      if (m) this.status.rssBytes = Number(m[1]) * 1024;
+    } catch {
+      // exited meanwhile
+    }
+  }
+}

@@ -1,0 +1,251 @@
+// The keeper: one small process per running release, started detached by
+// the CLI. It binds the deploy socket, starts the app processes with that
+// socket as fd 4, supervises them, and carries out go-live and drain when
+// the CLI asks over its control socket.
+//
+// Invariant: the deploy socket joins the port's reuseport group (listen())
+// only on POST /live, which the CLI sends after every app process passed its
+// health check; and it leaves the group only after new connections are
+// steered elsewhere (or there is nowhere else) and its accept queue is empty.
+import fs from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { acceptQueue, closeFd, detachSteering, listenFd } from '../native';
+import { KEEPER_CONFIG_ENV, type KeeperConfig, type KeeperPhase, type KeeperStatus } from '../protocol';
+import { AppProcess } from './apps';
+import { bindDeploySocket, isBindFailure } from './bind';
+import { serveControl } from './control';
+import { countPeers, detachWhenAlone, steerToSelf } from './steering';
+import { nextRestartDelay } from './supervise';
+
+const config = JSON.parse(process.env[KEEPER_CONFIG_ENV] ?? 'null') as KeeperConfig | null;
+if (!config) {
+  process.stderr.write('reuse-deploy keeper: started without configuration; it is started by the reuse-deploy CLI only.\n');
+  process.exit(2);
+}
+delete process.env[KEEPER_CONFIG_ENV];
+
+function log(message: string): void {
+  process.stdout.write(`${new Date().toISOString()} [reuse-deploy ${config!.release}/${config!.id}] ${message}\n`);
+}
+
+const status: KeeperStatus = {
+  id: config.id,
+  release: config.release,
+  pid: process.pid,
+  phase: 'booting',
+  listener: 'closed',
+  startedAt: Date.now(),
+  liveAt: null,
+  apps: [],
+  error: null,
+  steering: null,
+};
+
+let fd = -1;
+let address = config.host;
+let ownInode = 0;
+let apps: AppProcess[] = [];
+const crashTimes: number[][] = [];
+
+function setPhase(phase: KeeperPhase): void {
+  status.phase = phase;
+  log(`phase ${phase}`);
+}
+
+function fail(code: string, message: string): void {
+  if (status.phase === 'failed') return;
+  status.error = { code, message };
+  setPhase('failed');
+  log(`${code}: ${message}`);
+  for (const app of apps) app.kill('SIGKILL');
+  closeListener();
+  // Linger so that the CLI can read why; then go.
+  setTimeout(() => shutdown(1), 60_000).unref();
+}
+
+function closeListener(): void {
+  if (fd < 0) return;
+  closeFd(fd);
+  fd = -1;
+}
+
+function allApps(state: string): boolean {
+  return apps.length > 0 && apps.every((a) => a.status.state === state);
+}
+
+function onAppExit(app: AppProcess, code: number | null, signal: NodeJS.Signals | null): void {
+  const how = signal ? `signal ${signal}` : `exit code ${code}`;
+  if (status.phase === 'booting' || status.phase === 'gated') {
+    fail('RD_ERR_BOOT_CRASH', `The new version exited (${how}) before it was ready.`);
+    return;
+  }
+  if (status.phase !== 'live') return; // draining or stopping: expected
+  log(`app ${app.slot} (pid ${app.status.pid ?? '?'}) exited with ${how} while live`);
+  const delay = nextRestartDelay(crashTimes[app.slot]!, Date.now());
+  if (delay === null) {
+    app.status.state = 'failed';
+    log(`app ${app.slot} crashed too often; not restarting it`);
+    if (apps.every((a) => a.status.state === 'failed')) status.error = { code: 'RD_ERR_CRASH_LOOP', message: 'every app process is in a crash loop' };
+    return;
+  }
+  log(`restarting app ${app.slot} in ${delay} ms; queued connections wait in the listening socket`);
+  setTimeout(() => {
+    if (status.phase !== 'live') return;
+    app.status.restarts++;
+    app.start(true);
+  }, delay);
+}
+
+async function waitFor(predicate: () => boolean, timeoutMs: number, stepMs = 10): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) return false;
+    await sleep(stepMs);
+  }
+  return true;
+}
+
+async function goLive(knownPids: number[]): Promise<KeeperStatus> {
+  if (status.phase !== 'gated') throw new Error(`cannot go live in phase ${status.phase}`);
+  const peers = countPeers(address, config!.port, ownInode);
+  listenFd(fd, 511);
+  status.listener = 'listening';
+  // Steer at once, so that the switch is clean: from here on every new
+  // connection queues on this socket, and waits the few milliseconds until
+  // the app processes take over the fd.
+  if (peers > 0) {
+    status.steering = steerToSelf(fd, address, config!.port, ownInode, peers, knownPids);
+    log(`steering new connections to group index ${peers} of ${status.steering.groupSize}`);
+    if (status.steering.unknown > 0) {
+      log(`warning: ${status.steering.unknown} listener(s) on the port belong to no known release; they keep their share after the old release leaves`);
+    }
+  }
+  for (const app of apps) app.send({ rd: 'live' });
+  if (!(await waitFor(() => allApps('live'), 10_000))) {
+    if (status.steering) detachSteering(fd);
+    throw new Error('the app processes did not start accepting within 10 s');
+  }
+  if (status.steering) detachWhenAlone(fd, address, config!.port, status.steering.groupSize, () => fd >= 0, log);
+  status.liveAt = Date.now();
+  setPhase('live');
+  return status;
+}
+
+/**
+ * Leaves the group without resetting queued connections, then lets the apps
+ * finish their requests. `graceMs` is the wait for handshakes already in
+ * flight to this socket (SYN_RECV entries are not migrated on close without
+ * net.ipv4.tcp_migrate_req, and get a RST when their final ACK arrives).
+ */
+async function drain(timeoutMs: number, graceMs: number): Promise<void> {
+  if (status.phase === 'draining' || status.phase === 'closed') return;
+  const wasLive = status.phase === 'live';
+  setPhase('draining');
+  if (wasLive && fd >= 0) {
+    await sleep(graceMs);
+    // The apps are still accepting; wait until they have taken everything.
+    const emptied = await waitFor(() => acceptQueue(fd).queued === 0, 5_000, 5);
+    if (!emptied) log(`warning: accept queue still holds ${acceptQueue(fd).queued} connection(s); closing anyway`);
+  }
+  // Our fd goes first; the apps' close of theirs is the one that removes the
+  // socket from the group (inet_csk_listen_stop runs on the last reference).
+  closeListener();
+  for (const app of apps) app.send({ rd: 'drain', timeoutMs });
+  await waitFor(() => apps.every((a) => !a.running || a.status.state === 'draining'), 5_000);
+  status.listener = 'closed';
+  setPhase('closed');
+  await waitFor(() => apps.every((a) => !a.running || drained.has(a.slot)), timeoutMs + 2_000, 50);
+  await stopApps();
+  shutdown(0);
+}
+
+const drained = new Set<number>();
+
+async function stopApps(): Promise<void> {
+  for (const app of apps) app.kill('SIGTERM');
+  const exited = Promise.all(apps.map((a) => a.exited()));
+  const timedOut = await Promise.race([exited.then(() => false), sleep(5_000).then(() => true)]);
+  if (timedOut) {
+    for (const app of apps) app.kill('SIGKILL');
+    await exited;
+  }
+}
+
+let shuttingDown = false;
+function shutdown(code: number): void {
+  if (shuttingDown) return;
+  shuttingDown = true;
+  for (const app of apps) app.kill('SIGKILL');
+  try {
+    fs.unlinkSync(config!.controlSocket);
+  } catch {
+    // already gone
+  }
+  log(`keeper exits (${code})`);
+  process.exit(code);
+}
+
+async function main(): Promise<void> {
+  const c = config!;
+  await serveControl(c.controlSocket, {
+    status: () => {
+      for (const app of apps) {
+        app.readRss();
+        app.send({ rd: 'stats' });
+      }
+      status.apps = apps.map((a) => ({ ...a.status }));
+      return status;
+    },
+    live: (body) => goLive(Array.isArray(body.knownPids) ? body.knownPids.map(Number) : []),
+    drain: (body) => {
+      void drain(Number(body.timeoutMs ?? 30_000), Number(body.graceMs ?? 0)).catch((err) => {
+        log(`drain failed: ${(err as Error).message}`);
+        shutdown(1);
+      });
+    },
+    stop: () => {
+      setPhase('closed');
+      closeListener();
+      void stopApps().then(() => shutdown(0));
+    },
+  });
+
+  const bound = bindDeploySocket(c.host, c.port);
+  if (isBindFailure(bound)) {
+    fail(bound.code, bound.message);
+    return;
+  }
+  fd = bound.fd;
+  address = bound.address;
+  ownInode = fs.fstatSync(fd).ino;
+  status.listener = 'bound';
+  log(`bound ${address}:${c.port} (not listening yet); starting ${c.instances} app process(es)`);
+
+  apps = Array.from({ length: c.instances }, (_, slot) => new AppProcess(slot, c, fd));
+  for (const app of apps) {
+    crashTimes[app.slot] = [];
+    app.on('exit', (code, signal) => onAppExit(app, code, signal));
+    app.on('message', (m) => {
+      if (m.rd === 'gated' && status.phase === 'booting' && allApps('gated')) setPhase('gated');
+      else if (m.rd === 'listener-closed') app.status.state = 'draining';
+      else if (m.rd === 'drained') drained.add(app.slot);
+      else if (m.rd === 'listen-error') log(`app ${app.slot} could not listen: ${m.message}`);
+    });
+    app.start(false);
+  }
+  setTimeout(() => {
+    if (status.phase === 'booting' || status.phase === 'gated') {
+      log('nobody made this release live in time; stopping');
+      fail('RD_ERR_NEVER_LISTENED', 'The keeper was not made live in time.');
+      void stopApps().then(() => shutdown(1));
+    }
+  }, c.gateTimeoutMs).unref();
+}
+
+process.on('SIGTERM', () => void drain(30_000, 0));
+process.on('SIGINT', () => void drain(30_000, 0));
+process.on('SIGHUP', () => undefined);
+main().catch((err) => {
+  log(`keeper failed: ${(err as Error).stack ?? String(err)}`);
+  shutdown(1);
+});

@@ -1,0 +1,63 @@
+// Steering new connections away from older listeners in the port's
+// reuseport group, so that they can be closed without resetting anything.
+//
+// Kernel facts this relies on (net/core/sock_reuseport.c):
+// - sockets are numbered in the order they join the group, which is at
+//   listen() (reuseport_add_sock from inet_csk_listen_start);
+// - reuseport_select_sock runs the group's program and uses its return value
+//   as an index; an index >= num_socks falls back to hash selection;
+// - when a socket leaves (reuseport_detach_sock), the last socket is moved
+//   into its slot.
+// So the newest listener is always index (members - 1) at the moment it
+// joins. A program returning that index sends every new connection to it.
+// Once it is the only member, the program is detached.
+import { attachSteering, detachSteering } from '../native';
+import { groupMembers, socketInodesOf } from '../sys/proc-net';
+
+export interface Steering {
+  index: number;
+  groupSize: number;
+  /** Members that belong to no process the deployer told us about. */
+  unknown: number;
+}
+
+/** Members of the group other than our own socket, before we join. */
+export function countPeers(address: string, port: number, ownInode: number): number {
+  return groupMembers(address, port).filter((l) => l.inode !== ownInode).length;
+}
+
+/**
+ * Attaches `ret index` through our socket, which must already be listening
+ * (attached to a bound-only socket, the program would give it a group of its own).
+ */
+export function steerToSelf(fd: number, address: string, port: number, ownInode: number, peersBefore: number, knownPids: number[]): Steering {
+  const members = groupMembers(address, port);
+  const known = new Set<number>([ownInode]);
+  for (const pid of knownPids) for (const inode of socketInodesOf(pid)) known.add(inode);
+  const unknown = members.filter((l) => !known.has(l.inode)).length;
+  attachSteering(fd, peersBefore);
+  return { index: peersBefore, groupSize: members.length, unknown };
+}
+
+/**
+ * Polls the group until our socket is its only member, then detaches the
+ * program. Stops without detaching if the group grows (a newer release now
+ * owns the program) or when `stillOpen` turns false.
+ */
+export function detachWhenAlone(fd: number, address: string, port: number, groupSize: number, stillOpen: () => boolean, log: (m: string) => void): void {
+  const timer = setInterval(() => {
+    if (!stillOpen()) return clearInterval(timer);
+    const n = groupMembers(address, port).length;
+    if (n > groupSize) return clearInterval(timer);
+    if (n <= 1) {
+      clearInterval(timer);
+      try {
+        detachSteering(fd);
+        log('older listeners are gone; steering program detached');
+      } catch (err) {
+        log(`could not detach the steering program: ${(err as Error).message}`);
+      }
+    }
+  }, 100);
+  timer.unref();
+}

@@ -1,0 +1,98 @@
+// What the three roles say to each other.
+//
+//   CLI (src/deploy) --HTTP over a unix socket--> keeper (src/keeper)
+//   keeper --Node IPC channel (fd 3)--> each app process (src/runtime)
+//   CLI --health probe, unix socket--> app process, injected into the app's own server
+//
+// The keeper is one small process per running release. It binds the deploy
+// socket, holds the fd for as long as the release serves, and passes it to
+// its app processes as fd 4. Because the keeper keeps the socket open, an
+// app process may crash and be restarted without the listening socket (and
+// the connections queued in it) going away.
+
+/** Environment variables the keeper gives each app process; the runtime removes them after reading. */
+export const ENV = {
+  keeperPid: 'REUSE_DEPLOY_KEEPER_PID',
+  port: 'REUSE_DEPLOY_PORT',
+  fd: 'REUSE_DEPLOY_FD',
+  probe: 'REUSE_DEPLOY_PROBE_SOCKET',
+  live: 'REUSE_DEPLOY_LIVE',
+} as const;
+
+/** The fd number of the deploy socket inside every app process. */
+export const APP_LISTEN_FD = 4;
+
+/** keeper -> app */
+export type KeeperMessage =
+  | { rd: 'live' }
+  | { rd: 'drain'; timeoutMs: number }
+  | { rd: 'stats' };
+
+/** app -> keeper */
+export type AppMessage =
+  | { rd: 'gated'; tls: boolean }
+  | { rd: 'live' }
+  | { rd: 'listen-error'; message: string; code?: string }
+  | { rd: 'other-port'; port: number }
+  | { rd: 'listener-closed' }
+  | { rd: 'drained'; forced: number }
+  | { rd: 'stats'; connections: number; inflight: number };
+
+export function isAppMessage(m: unknown): m is AppMessage {
+  return typeof m === 'object' && m !== null && typeof (m as { rd?: unknown }).rd === 'string';
+}
+
+/** Everything a keeper needs, passed as JSON in REUSE_DEPLOY_KEEPER. */
+export interface KeeperConfig {
+  id: string;
+  app: string;
+  release: string;
+  entry: string;
+  cwd: string;
+  args: string[];
+  nodeArgs: string[];
+  host: string;
+  port: number;
+  instances: number;
+  env: Record<string, string>;
+  controlSocket: string;
+  probeSocketPrefix: string;
+  /** The keeper stops itself if nobody makes it live within this time. */
+  gateTimeoutMs: number;
+  preload: string;
+}
+
+export const KEEPER_CONFIG_ENV = 'REUSE_DEPLOY_KEEPER';
+
+export type AppState = 'starting' | 'gated' | 'live' | 'draining' | 'exited' | 'failed';
+
+export interface AppStatus {
+  slot: number;
+  pid: number | null;
+  state: AppState;
+  tls: boolean;
+  startedAt: number;
+  exitCode: number | null;
+  signal: string | null;
+  restarts: number;
+  otherPorts: number[];
+  connections: number;
+  inflight: number;
+  rssBytes: number;
+}
+
+export type KeeperPhase = 'booting' | 'gated' | 'live' | 'draining' | 'closed' | 'failed';
+
+export interface KeeperStatus {
+  id: string;
+  release: string;
+  pid: number;
+  phase: KeeperPhase;
+  /** Is the deploy socket still open (in the reuseport group once listening)? */
+  listener: 'bound' | 'listening' | 'closed';
+  startedAt: number;
+  liveAt: number | null;
+  apps: AppStatus[];
+  error: { code: string; message: string } | null;
+  steering: { index: number; groupSize: number; unknown: number } | null;
+}

@@ -1,0 +1,86 @@
+// The keep-alive drain of one app server, inside the app process.
+//
+// Invariant: no request that reached this process is answered with a reset.
+// - Node's http.Server#close() (since Node 19) destroys idle keep-alive
+//   sockets at once. A client may already have written its next request on
+//   one of them; close() with unread data in the receive queue sends a RST
+//   (tcp_close, RFC 2525 §2.17), and the request is lost. So the listener is
+//   closed with net.Server#close(), which leaves connections alone.
+// - Every response not yet started, and every later request on an open
+//   connection, is answered with `Connection: close` (RFC 9112 §9.6), after
+//   which Node ends the socket itself.
+// - An idle connection is closed only after it has been idle for the
+//   server's keepAliveTimeout: the time Node already announces to clients in
+//   `Keep-Alive: timeout=N`, after which well-behaved clients do not reuse it.
+// - After the drain timeout, whatever is left is destroyed.
+import net from 'node:net';
+import type http from 'node:http';
+import type { Http2Session } from 'node:http2';
+
+export interface Tracked {
+  server: net.Server;
+  sockets: Set<net.Socket>;
+  sessions: Set<Http2Session>;
+}
+
+/** Remembers every connection (and HTTP/2 session) of `server`, for drain and status. */
+export function track(server: net.Server): Tracked {
+  const tracked: Tracked = { server, sockets: new Set(), sessions: new Set() };
+  server.prependListener('connection', (socket: net.Socket) => {
+    tracked.sockets.add(socket);
+    socket.once('close', () => tracked.sockets.delete(socket));
+  });
+  server.prependListener('session', (session: Http2Session) => {
+    tracked.sessions.add(session);
+    session.once('close', () => tracked.sessions.delete(session));
+  });
+  return tracked;
+}
+
+function currentResponse(socket: net.Socket): http.ServerResponse | undefined {
+  return (socket as net.Socket & { _httpMessage?: http.ServerResponse })._httpMessage ?? undefined;
+}
+
+/** HTTP/1 requests that have arrived and are not answered yet. */
+export function countInflight(tracked: Tracked): number {
+  let n = 0;
+  for (const socket of tracked.sockets) {
+    const res = currentResponse(socket);
+    if (res && !res.writableFinished) n++;
+  }
+  return n;
+}
+
+/** Stops accepting, then lets connections finish. Resolves with the number force-closed. */
+export async function drainServer(tracked: Tracked, timeoutMs: number, onListenerClosed: () => void): Promise<number> {
+  const { server, sockets, sessions } = tracked;
+  const httpServer = server as net.Server & { keepAliveTimeout?: number };
+
+  server.prependListener('request', (_req: http.IncomingMessage, res: http.ServerResponse) => {
+    res.shouldKeepAlive = false;
+  });
+  const idleMs = Math.max(1, httpServer.keepAliveTimeout || 5000);
+  for (const socket of sockets) {
+    const res = currentResponse(socket);
+    if (res && !res.headersSent) res.shouldKeepAlive = false;
+    // Node arms keepAliveTimeout only after a response; a connection that has
+    // never carried a request gets the same idle limit here.
+    if (!res) socket.setTimeout(idleMs);
+  }
+  for (const session of sessions) session.close(); // sends GOAWAY, lets open streams finish
+
+  net.Server.prototype.close.call(server);
+  onListenerClosed();
+
+  const deadline = Date.now() + timeoutMs;
+  while (sockets.size > 0 || sessions.size > 0) {
+    if (Date.now() >= deadline) {
+      const forced = sockets.size + sessions.size;
+      for (const session of sessions) session.destroy();
+      for (const socket of sockets) socket.destroy();
+      return forced;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return 0;
+}

@@ -1,0 +1,144 @@
+// Preloaded into every app process with `node --require`. It does nothing
+// unless the process was started by a reuse-deploy keeper.
+//
+// Invariant: the app's server on the deploy port never accepts a public
+// connection before the keeper says go-live. Until then its listen() is
+// deferred; health probes reach the app's own request handler through a
+// private unix socket whose connections are injected with
+// `server.emit('connection', socket)` (works for http, https and http2).
+import type { EventEmitter } from 'node:events';
+import fs from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
+import { APP_LISTEN_FD, ENV, type AppMessage, type KeeperMessage } from '../protocol';
+import { countInflight, drainServer, track, type Tracked } from './drain';
+import { parseListenArgs, type ListenCall } from './listen-args';
+
+interface RuntimeConfig {
+  port: number;
+  probeSocket: string;
+  liveAtStart: boolean;
+}
+
+const originalListen = net.Server.prototype.listen;
+
+function readConfig(): RuntimeConfig | null {
+  const keeperPid = Number(process.env[ENV.keeperPid]);
+  // Only the keeper's direct children: a process the app forks inherits our
+  // --require through execArgv, but must behave as plain Node.
+  if (!keeperPid || process.ppid !== keeperPid || typeof process.send !== 'function') return null;
+  const config = {
+    port: Number(process.env[ENV.port]),
+    probeSocket: process.env[ENV.probe] ?? '',
+    liveAtStart: process.env[ENV.live] === '1',
+  };
+  for (const name of Object.values(ENV)) delete process.env[name];
+  return config;
+}
+
+function send(message: AppMessage): void {
+  if (process.connected) process.send?.(message);
+}
+
+function install(config: RuntimeConfig): void {
+  let gated: { tracked: Tracked; call: ListenCall } | null = null;
+  let probe: net.Server | null = null;
+  let draining = false;
+
+  function openProbe(server: net.Server): void {
+    try {
+      fs.unlinkSync(config.probeSocket);
+    } catch {
+      // not there: fine
+    }
+    probe = net.createServer((socket) => server.emit('connection', socket));
+    originalListen.call(probe, config.probeSocket, () => fs.chmodSync(config.probeSocket, 0o600));
+  }
+
+  function goLive(): void {
+    if (!gated) return;
+    const { tracked, call } = gated;
+    const server = tracked.server;
+    const onError = (err: NodeJS.ErrnoException): void => send({ rd: 'listen-error', message: err.message, code: err.code });
+    server.once('error', onError);
+    server.once('listening', () => {
+      server.removeListener('error', onError);
+      probe?.close();
+      probe = null;
+      send({ rd: 'live' });
+    });
+    // Node calls listen(2) again on the keeper's socket, which is already
+    // listening: that only updates the backlog (inet_listen).
+    const options = call.backlog === undefined ? { fd: APP_LISTEN_FD } : { fd: APP_LISTEN_FD, backlog: call.backlog };
+    originalListen.call(server, options, call.callback);
+  }
+
+  function gate(server: net.Server, call: ListenCall): net.Server {
+    if (gated) {
+      const err = Object.assign(new Error(`listen EADDRINUSE: port ${config.port} is already used by another server in this process`), {
+        code: 'EADDRINUSE',
+      });
+      process.nextTick(() => server.emit('error', err));
+      return server;
+    }
+    gated = { tracked: track(server), call };
+    send({ rd: 'gated', tls: server instanceof tls.Server });
+    if (config.liveAtStart) goLive();
+    else openProbe(server);
+    return server;
+  }
+
+  // Any other TCP port gets SO_REUSEPORT, so that old and new versions can
+  // both hold it during the overlap. It is not health-gated.
+  function listenShared(server: net.Server, call: ListenCall, args: unknown[]): net.Server {
+    const host = call.host ?? '::';
+    if (net.isIP(host) === 0) return originalListen.apply(server, args as Parameters<typeof originalListen>);
+    // Loaded only here, so apps with a single port never load the addon.
+    const native = require('../native') as typeof import('../native');
+    let fd: number;
+    try {
+      fd = native.bindReusePort(host, call.port ?? 0);
+    } catch (err) {
+      if (call.host === undefined && (err as NodeJS.ErrnoException).code === 'EAFNOSUPPORT') {
+        return listenShared(server, { ...call, host: '0.0.0.0' }, args);
+      }
+      process.nextTick(() => server.emit('error', err));
+      return server;
+    }
+    send({ rd: 'other-port', port: call.port ?? 0 });
+    const options = call.backlog === undefined ? { fd } : { fd, backlog: call.backlog };
+    return originalListen.call(server, options, call.callback);
+  }
+
+  net.Server.prototype.listen = function listen(this: net.Server, ...args: unknown[]) {
+    const call = parseListenArgs(args);
+    if (call.port === config.port) return gate(this, call);
+    if (call.port !== null && call.port > 0) return listenShared(this, call, args);
+    return originalListen.apply(this, args as Parameters<typeof originalListen>);
+  } as typeof net.Server.prototype.listen;
+
+  process.on('message', (message: KeeperMessage) => {
+    if (typeof message !== 'object' || message === null) return;
+    if (message.rd === 'live') goLive();
+    else if (message.rd === 'stats') {
+      send({ rd: 'stats', connections: gated?.tracked.sockets.size ?? 0, inflight: gated ? countInflight(gated.tracked) : 0 });
+    } else if (message.rd === 'drain' && !draining) {
+      draining = true;
+      // The app's hook for long-lived streams: process.on('reuse-deploy:drain', ...).
+      (process as EventEmitter).emit('reuse-deploy:drain');
+      if (!gated) {
+        send({ rd: 'drained', forced: 0 });
+        return;
+      }
+      probe?.close();
+      void drainServer(gated.tracked, message.timeoutMs, () => send({ rd: 'listener-closed' })).then((forced) =>
+        send({ rd: 'drained', forced }),
+      );
+    }
+  });
+  // The IPC channel must not keep an app alive that would otherwise exit.
+  (process.channel as { unref?: () => void } | undefined)?.unref?.();
+}
+
+const config = readConfig();
+if (config) install(config);

@@ -1,0 +1,197 @@
+// End-to-end: the real CLI deploys real apps, real clients send real HTTP.
+import assert from 'node:assert/strict';
+import { after, afterEach, beforeEach, describe, test } from 'node:test';
+import type { ChildProcess } from 'node:child_process';
+import {
+  cleanup,
+  fixture,
+  freePort,
+  get,
+  holdPortPlainly,
+  isAlive,
+  processGroup,
+  readAppState,
+  remember,
+  requestLoop,
+  runCli,
+  tempStateDir,
+  waitUntil,
+} from './helpers';
+
+let stateDir: string;
+let port: number;
+const held: ChildProcess[] = [];
+
+beforeEach(async () => {
+  stateDir = tempStateDir();
+  port = await freePort();
+});
+afterEach(async () => {
+  for (const child of held.splice(0)) child.kill('SIGKILL');
+  await cleanup(stateDir);
+});
+after(() => undefined);
+
+function deploy(entry: string, ...extra: string[]) {
+  return runCli([fixture(entry), '--port', String(port), '--host', '127.0.0.1', '--name', 'app', '--state-dir', stateDir, ...extra]);
+}
+
+function livePids(): number[] {
+  const state = readAppState(stateDir, 'app') as { instances: { role: string; keeperPid: number }[] } | null;
+  return (state?.instances ?? []).filter((i) => i.role === 'live').map((i) => i.keeperPid);
+}
+
+describe('deploy and cutover', () => {
+  test('v1 then v2 under a request loop: every answer 200, answers switch, v1 exits', async () => {
+    const first = await deploy('app.js', '--env', 'APP_VERSION=v1', '--health', '/healthz');
+    assert.equal(first.code, 0, first.stderr);
+    assert.match(first.stdout, /^deployed app r1 on 127\.0\.0\.1:\d+ \(pid \d+\): healthy in \d+ ms, total \d+ ms\n$/);
+    remember(stateDir, 'app');
+    const [v1Keeper] = livePids();
+    const v1Pids = processGroup(v1Keeper!);
+    assert.equal(v1Pids.length, 2, 'keeper and one app process');
+
+    const loop = requestLoop(port);
+    await waitUntil(() => loop.answers.length > 20, 10_000, 'v1 answers');
+    const second = await deploy('app.js', '--env', 'APP_VERSION=v2', '--health', '/healthz');
+    assert.equal(second.code, 0, second.stderr);
+    assert.match(second.stdout, /replaced r1/);
+    remember(stateDir, 'app');
+    const seen = loop.answers.length;
+    await waitUntil(() => loop.answers.length > seen + 20, 10_000, 'v2 answers');
+    await loop.stop();
+
+    assert.deepEqual(loop.errors, []);
+    assert.ok(loop.answers[0]!.startsWith('v1 '));
+    assert.ok(loop.answers[loop.answers.length - 1]!.startsWith('v2 '));
+    const firstV2 = loop.answers.findIndex((a) => a.startsWith('v2 '));
+    assert.ok(loop.answers.slice(firstV2).every((a) => a.startsWith('v2 ')), 'no v1 answer after the first v2 answer');
+    await waitUntil(() => v1Pids.every((pid) => !isAlive(pid)), 15_000, 'v1 processes to exit');
+  });
+
+  test('status and stop', async () => {
+    assert.equal((await deploy('app.js')).code, 0);
+    remember(stateDir, 'app');
+    const status = await runCli(['status', '--name', 'app', '--state-dir', stateDir, '--json']);
+    assert.equal(status.code, 0, status.stderr);
+    const s = JSON.parse(status.stdout);
+    assert.equal(s.ok, true);
+    assert.equal(s.port, port);
+    assert.equal(s.liveRelease, 'r1');
+    assert.equal(s.instances.length, 1);
+    assert.equal(s.instances[0].status.phase, 'live');
+    assert.equal(s.instances[0].status.apps[0].state, 'live');
+    const text = await runCli(['status', '--state-dir', stateDir]);
+    assert.match(text.stdout, /live release: r1/);
+
+    const pids = processGroup(livePids()[0]!);
+    const stop = await runCli(['stop', '--name', 'app', '--state-dir', stateDir]);
+    assert.equal(stop.code, 0, stop.stderr);
+    assert.match(stop.stdout, /stopped app: 1 instance\(s\) drained/);
+    await waitUntil(() => pids.every((pid) => !isAlive(pid)), 5_000, 'every process of the app to exit');
+    await assert.rejects(get(port, '/'), /ECONNREFUSED/);
+  });
+});
+
+describe('a failed deploy leaves v1 serving, untouched', () => {
+  async function deployV1(): Promise<{ pids: number[] }> {
+    const r = await deploy('app.js', '--env', 'APP_VERSION=v1');
+    assert.equal(r.code, 0, r.stderr);
+    remember(stateDir, 'app');
+    return { pids: processGroup(livePids()[0]!) };
+  }
+
+  async function assertV1Untouched(v1: { pids: number[] }): Promise<void> {
+    const answer = await get(port, '/');
+    assert.equal(answer.status, 200);
+    assert.match(answer.body, /^v1 /);
+    assert.ok(v1.pids.every(isAlive), 'v1 processes still run');
+    const state = readAppState(stateDir, 'app') as { instances: { keeperPid: number }[] };
+    assert.equal(state.instances.length, 1, 'only v1 is recorded');
+    assert.deepEqual(processGroup(state.instances[0]!.keeperPid).sort(), [...v1.pids].sort(), 'no new process left');
+  }
+
+  test('health check answering 500 exits 1 with the status and body', async () => {
+    const v1 = await deployV1();
+    const r = await deploy('app.js', '--env', 'APP_VERSION=v2', '--env', 'HEALTH_STATUS=500', '--health', '/healthz', '--health-timeout', '2s');
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /answered 500: "database unreachable"/);
+    assert.match(r.stderr, /RD_ERR_HEALTH_STATUS/);
+    assert.match(r.stderr, /app v2 listening|last lines/);
+    await assertV1Untouched(v1);
+  });
+
+  test('crash on boot exits 1 and shows the log', async () => {
+    const v1 = await deployV1();
+    const r = await deploy('crash-on-boot.js');
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /RD_ERR_BOOT_CRASH/);
+    assert.match(r.stderr, /cannot connect to the database at boot/);
+    await assertV1Untouched(v1);
+  });
+
+  test('an app that never listens exits 1', async () => {
+    const v1 = await deployV1();
+    const r = await deploy('never-listens.js', '--health-timeout', '1500ms');
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /RD_ERR_NEVER_LISTENED/);
+    assert.match(r.stderr, /did not listen on port \d+ in time/);
+    await assertV1Untouched(v1);
+  });
+
+  test('an app listening on another port is told which one', async () => {
+    const other = await freePort();
+    const r = await deploy('wrong-port.js', '--env', `WRONG_PORT=${other}`, '--health-timeout', '1500ms');
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, new RegExp(`listened on port ${other} instead: pass --port ${other}`));
+  });
+
+  test('a port held without SO_REUSEPORT exits 1 naming the holder', async () => {
+    const holder = await holdPortPlainly(port);
+    held.push(holder);
+    const r = await deploy('app.js');
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /RD_ERR_PORT_TAKEN/);
+    assert.match(r.stderr, new RegExp(`pid ${holder.pid}`));
+    const state = readAppState(stateDir, 'app') as { instances: unknown[] };
+    assert.equal(state.instances.length, 0, 'nothing left running');
+  });
+
+  test('usage errors exit 2', async () => {
+    const noPort = await runCli([fixture('app.js'), '--state-dir', stateDir]);
+    assert.equal(noPort.code, 2);
+    assert.match(noPort.stderr, /--port is required/);
+    const badPort = await deploy('app.js', '--port', '70000');
+    assert.equal(badPort.code, 2);
+    const missing = await runCli([fixture('nope.js'), '--port', String(port), '--state-dir', stateDir]);
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /RD_ERR_ENTRY_NOT_FOUND/);
+  });
+});
+
+describe('app shapes', () => {
+  test('an HTTPS app is probed over TLS and cuts over', async () => {
+    const r1 = await deploy('https-app.js', '--env', 'APP_VERSION=v1', '--health', '/healthz');
+    assert.equal(r1.code, 0, r1.stderr);
+    remember(stateDir, 'app');
+    assert.equal((await get(port, '/', { tls: true })).body, 'v1 tls');
+    const loop = requestLoop(port, { tls: true });
+    const r2 = await deploy('https-app.js', '--env', 'APP_VERSION=v2', '--health', '/healthz');
+    assert.equal(r2.code, 0, r2.stderr);
+    remember(stateDir, 'app');
+    await waitUntil(() => loop.answers.includes('v2 tls'), 10_000, 'v2 answers');
+    await loop.stop();
+    assert.deepEqual(loop.errors, []);
+  });
+
+  test('an ESM app (top-level await on listen) deploys and cuts over', async () => {
+    const r1 = await deploy('esm-app.mjs', '--env', 'APP_VERSION=v1', '--health', '/healthz');
+    assert.equal(r1.code, 0, r1.stderr);
+    remember(stateDir, 'app');
+    assert.equal((await get(port, '/')).body, 'v1 esm');
+    const r2 = await deploy('esm-app.mjs', '--env', 'APP_VERSION=v2');
+    assert.equal(r2.code, 0, r2.stderr);
+    remember(stateDir, 'app');
+    assert.equal((await get(port, '/')).body, 'v2 esm');
+  });
+});

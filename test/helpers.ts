@@ -1,0 +1,192 @@
+// Shared test plumbing: run the real CLI, make real requests, clean up every
+// process a test started (by pid, from the state files it wrote).
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Agent, request } from 'undici';
+
+export const ROOT = path.resolve(__dirname, '..', '..');
+export const CLI = path.join(ROOT, 'dist', 'src', 'cli.js');
+export const FIXTURES = path.join(ROOT, 'test', 'fixtures');
+export const fixture = (name: string): string => path.join(FIXTURES, name);
+
+export interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export function runCli(args: string[], options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], {
+      env: { ...process.env, CI: 'true', ...options.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`reuse-deploy ${args.join(' ')} did not finish in time\n${stderr}`));
+    }, options.timeoutMs ?? 60_000);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** A short temporary state dir (unix socket paths must stay under 108 bytes). */
+export function tempStateDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'rd-'));
+}
+
+export async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+
+export interface Answer {
+  status: number;
+  body: string;
+}
+
+export async function get(port: number, urlPath = '/', options: { host?: string; tls?: boolean; timeoutMs?: number } = {}): Promise<Answer> {
+  const host = options.host ?? '127.0.0.1';
+  const res = await request(`${options.tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${port}${urlPath}`, {
+    dispatcher: new Agent({ connect: { rejectUnauthorized: false } }),
+    reset: true,
+    headersTimeout: options.timeoutMs ?? 5_000,
+    bodyTimeout: options.timeoutMs ?? 5_000,
+  });
+  return { status: res.statusCode, body: await res.body.text() };
+}
+
+/** Sends requests one after another until stopped, recording every answer or error. */
+export function requestLoop(port: number, options: { tls?: boolean; keepAlive?: boolean; maxRequests?: number } = {}) {
+  const answers: string[] = [];
+  const errors: string[] = [];
+  let running = true;
+  const agent = new Agent({ connect: options.tls ? { rejectUnauthorized: false } : {} });
+  const done = (async () => {
+    const max = options.maxRequests ?? 20_000;
+    for (let i = 0; running && i < max; i++) {
+      try {
+        const res = await request(`${options.tls ? 'https' : 'http'}://127.0.0.1:${port}/`, {
+          dispatcher: agent,
+          headersTimeout: 5_000,
+          bodyTimeout: 5_000,
+          reset: !options.keepAlive, // a new connection per request unless keepAlive
+        });
+        const body = await res.body.text();
+        if (res.statusCode !== 200) errors.push(`status ${res.statusCode}: ${body}`);
+        else answers.push(body);
+      } catch (err) {
+        errors.push(`${(err as { code?: string }).code ?? ''} ${(err as Error).message}`);
+      }
+    }
+    await agent.close();
+  })();
+  return {
+    answers,
+    errors,
+    async stop() {
+      running = false;
+      await done;
+    },
+  };
+}
+
+interface StateFileShape {
+  instances: { keeperPid: number }[];
+}
+
+export function readAppState(stateDir: string, name: string): (StateFileShape & Record<string, unknown>) | null {
+  try {
+    return JSON.parse(fs.readFileSync(path.join(stateDir, name, 'state.json'), 'utf8'));
+  } catch {
+    return null;
+  }
+}
+
+/** Running, and not a zombie. */
+export function isAlive(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat[stat.lastIndexOf(')') + 2] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** Pids of every process in the keeper's process group (keeper and apps). */
+export function processGroup(pgid: number): number[] {
+  const pids: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[2]) === pgid && fields[0] !== 'Z') pids.push(Number(entry));
+    } catch {
+      // gone
+    }
+  }
+  return pids;
+}
+
+const keeperGroups = new Set<number>();
+
+/** Remembers the keepers a state dir names, so that cleanup can kill them even after state.json changed. */
+export function remember(stateDir: string, name: string): void {
+  for (const i of readAppState(stateDir, name)?.instances ?? []) keeperGroups.add(i.keeperPid);
+}
+
+/** Kills every process group a test's keepers started. Safe to call twice. */
+export async function cleanup(stateDir: string): Promise<void> {
+  let names: string[] = [];
+  try {
+    names = fs.readdirSync(stateDir);
+  } catch {
+    // nothing was created
+  }
+  for (const name of names) remember(stateDir, name);
+  for (const pgid of keeperGroups) {
+    for (const pid of processGroup(pgid)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+  }
+  keeperGroups.clear();
+  fs.rmSync(stateDir, { recursive: true, force: true });
+}
+
+export async function waitUntil(predicate: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+/** A listener without SO_REUSEPORT, in a child process of the test. */
+export async function holdPortPlainly(port: number): Promise<ChildProcess> {
+  const child = spawn(
+    process.execPath,
+    ['-e', `require('net').createServer().listen(${port}, '127.0.0.1', () => console.log('ready'))`],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  await new Promise<void>((resolve) => child.stdout!.once('data', () => resolve()));
+  return child;
+}
