@@ -5,11 +5,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { cac } from 'cac';
 import { DeployError, EXIT, toDeployError, usageError } from './errors';
-import { cpuCount, deployCommand, statusCommand, stopCommand, type DeployOutcome, type StatusOutcome } from './deploy/commands';
-import { parseDuration, parseEnv, parseHealthPath, parseInstances, parsePort, resolveHost } from './deploy/options';
+import { cpuCount, deployCommand, releasesCommand, statusCommand, stopCommand, type DeployOutcome, type StatusOutcome } from './deploy/commands';
+import { parseDuration, parseEnv, parseHealthPath, parseInstances, parseKeep, parsePort, resolveHost } from './deploy/options';
 import { defaultStateDir } from './deploy/paths';
 import { createProgress, type Progress } from './deploy/progress';
-import { formatStatus } from './deploy/format';
+import { formatReleases, formatStatus } from './deploy/format';
+import { logFileFor, printLogs } from './deploy/logs';
 
 const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string };
 
@@ -82,8 +83,10 @@ async function run<T>(flags: GlobalFlags, fn: (progress: Progress) => Promise<T>
 }
 
 function deploySummary(r: DeployOutcome): string {
+  if (r.alreadyRunning) return `${r.app} ${r.release} is already running (pid ${r.pids.join(', ')})`;
   const replaced = r.previousRelease ? `, replaced ${r.previousRelease}` : '';
-  return `deployed ${r.app} ${r.release} on ${r.host.includes(':') ? `[${r.host}]` : r.host}:${r.port} (pid ${r.pids.join(', ')}${replaced}): healthy in ${r.msToHealthy} ms, total ${r.msTotal} ms`;
+  const pruned = r.pruned.length ? `; pruned ${r.pruned.join(', ')}` : '';
+  return `deployed ${r.app} ${r.release} on ${r.host.includes(':') ? `[${r.host}]` : r.host}:${r.port} (pid ${r.pids.join(', ')}${replaced}): healthy in ${r.msToHealthy} ms, total ${r.msTotal} ms${pruned}`;
 }
 
 const cli = cac('reuse-deploy');
@@ -102,36 +105,49 @@ cli
   .option('--env <KEY=VALUE>', 'Environment variable for the app (repeatable)')
   .option('--node-arg <arg>', 'Extra argument for node, e.g. --node-arg=--max-old-space-size=512 (repeatable)')
   .option('--state-dir <dir>', 'State directory (default: $REUSE_DEPLOY_HOME, $XDG_STATE_HOME/reuse-deploy, ~/.local/state/reuse-deploy, /var/lib/reuse-deploy as root)')
+  .option('--previous', 'Roll back: redeploy the release that was live before the current one, through the health gate')
+  .option('--release <id>', 'Redeploy a kept release (see `reuse-deploy releases`)')
+  .option('--keep <n>', 'Releases to keep; the live and the previous one are always kept (default: 5)')
   .option('--wait', 'Queue behind another command working on the same app instead of failing')
   .option('--json', 'Print one JSON object on stdout and nothing else there')
   .option('--quiet', 'Print nothing but warnings and errors')
   .example('reuse-deploy ./dist/server.js --port 8080 --host 127.0.0.1')
   .example('reuse-deploy ./dist/server.js --port 443 --health /healthz --env NODE_ENV=production')
+  .example('reuse-deploy --previous --name hello              # roll back')
+  .example('reuse-deploy --release r3 --name hello            # redeploy a kept release')
   .example('reuse-deploy ./server.js --port 3000 -- --config prod.json   # args after -- go to the app')
   .action(async (entry: string | undefined, args: string[], flags: GlobalFlags & Record<string, unknown>) => {
-    if (!entry) {
+    const sources = [entry !== undefined, Boolean(flags.previous), flags.release !== undefined].filter(Boolean).length;
+    if (sources === 0) {
       cli.outputHelp();
       process.exit(EXIT.usage);
     }
     await run(
       flags,
       async (progress) => {
-        const nodeArg = flags.nodeArg === undefined ? [] : ([] as unknown[]).concat(flags.nodeArg).map(String);
+        if (sources > 1) throw usageError('Give one of: an entry file, --previous, or --release <id>.');
+        const list = (v: unknown): string[] | undefined => (v === undefined ? undefined : ([] as unknown[]).concat(v).map(String));
+        const appArgs = [...args, ...((flags['--'] as string[] | undefined) ?? [])].map(String);
         return deployCommand(
           {
-            entry,
-            root: flags.root === undefined ? undefined : String(flags.root),
-            name: flags.name === undefined ? undefined : String(flags.name),
-            host: await resolveHost(flags.host),
-            port: parsePort(flags.port),
-            instances: parseInstances(flags.instances, cpuCount()),
-            health: parseHealthPath(flags.health),
+            source:
+              entry !== undefined
+                ? { kind: 'entry', entry, root: flags.root === undefined ? undefined : String(flags.root) }
+                : flags.previous
+                  ? { kind: 'previous' }
+                  : { kind: 'release', id: String(flags.release) },
+            name: entry !== undefined ? (flags.name === undefined ? undefined : String(flags.name)) : nameOf(flags),
+            host: flags.host === undefined ? undefined : await resolveHost(flags.host),
+            port: flags.port === undefined && entry === undefined ? undefined : parsePort(flags.port),
+            instances: flags.instances === undefined ? undefined : parseInstances(flags.instances, cpuCount()),
+            health: flags.health === undefined ? undefined : parseHealthPath(flags.health),
+            env: flags.env === undefined ? undefined : parseEnv(flags.env),
+            args: appArgs.length > 0 || entry !== undefined ? appArgs : undefined,
+            nodeArgs: list(flags.nodeArg),
             healthTimeoutMs: parseDuration('health-timeout', flags.healthTimeout, 30_000),
             drainTimeoutMs: parseDuration('drain-timeout', flags.drainTimeout, 30_000),
             handshakeGraceMs: parseDuration('handshake-grace', flags.handshakeGrace, 1_000),
-            env: parseEnv(flags.env),
-            args: [...args, ...((flags['--'] as string[] | undefined) ?? [])].map(String),
-            nodeArgs: nodeArg,
+            keep: parseKeep(flags.keep),
             stateDir: stateDirOf(flags),
             wait: Boolean(flags.wait),
           },
@@ -143,13 +159,72 @@ cli
   });
 
 cli
+  .command('start', 'Start the recorded live release again, e.g. after a reboot or `stop` (a no-op if it runs)')
+  .option('--name <name>', 'App name')
+  .option('--state-dir <dir>', 'State directory')
+  .option('--health-timeout <duration>', 'Time to boot, listen and pass health (default: 30s)')
+  .option('--wait', 'Queue behind another command working on the same app')
+  .option('--json', 'Print one JSON object')
+  .option('--quiet', 'Print nothing but warnings and errors')
+  .example('reuse-deploy start --name hello')
+  .action(async (flags: GlobalFlags & Record<string, unknown>) => {
+    await run(
+      flags,
+      (progress) =>
+        deployCommand(
+          {
+            source: { kind: 'current' },
+            name: nameOf(flags),
+            healthTimeoutMs: parseDuration('health-timeout', flags.healthTimeout, 30_000),
+            drainTimeoutMs: 30_000,
+            handshakeGraceMs: 1_000,
+            keep: Number.MAX_SAFE_INTEGER,
+            stateDir: stateDirOf(flags),
+            wait: Boolean(flags.wait),
+          },
+          progress,
+        ),
+      deploySummary,
+    );
+  });
+
+cli
+  .command('logs', 'Show the log of the live release (or --release), with -f to follow it')
+  .option('--name <name>', 'App name')
+  .option('--state-dir <dir>', 'State directory')
+  .option('--release <id>', 'Show this release\'s log instead')
+  .option('-n, --lines <n>', 'Lines to show (default: 50)')
+  .option('-f, --follow', 'Keep printing new lines until interrupted')
+  .example('reuse-deploy logs --name hello -f')
+  .action(async (flags: GlobalFlags & Record<string, unknown>) => {
+    try {
+      const lines = flags.lines === undefined ? 50 : Number(flags.lines);
+      if (!Number.isInteger(lines) || lines < 0) throw usageError(`--lines ${JSON.stringify(String(flags.lines))} is not a whole number.`);
+      const file = logFileFor(stateDirOf(flags), nameOf(flags), flags.release === undefined ? undefined : String(flags.release));
+      await printLogs(file, { lines, follow: Boolean(flags.follow) }, (text) => process.stdout.write(text));
+    } catch (err) {
+      fail(flags, err);
+    }
+  });
+
+cli
+  .command('releases', 'List the kept releases of an app')
+  .option('--name <name>', 'App name')
+  .option('--state-dir <dir>', 'State directory')
+  .option('--json', 'Print one JSON object')
+  .example('reuse-deploy releases --name hello')
+  .action(async (flags: GlobalFlags) => {
+    await run(flags, async () => releasesCommand(stateDirOf(flags), nameOf(flags)), formatReleases);
+  });
+
+cli
   .command('status', 'Show the app, its port, the live release and every instance')
   .option('--name <name>', 'App name (default: the only deployed app, or the package.json name here)')
   .option('--state-dir <dir>', 'State directory')
   .option('--json', 'Print one JSON object')
   .example('reuse-deploy status --name hello --json')
   .action(async (flags: GlobalFlags) => {
-    await run(flags, async () => statusCommand(stateDirOf(flags), nameOf(flags)), (r: StatusOutcome) => formatStatus(r));
+    await run(flags, async () => statusCommand(stateDirOf(flags), nameOf(flags), 30_000), (r: StatusOutcome) => formatStatus(r));
   });
 
 cli

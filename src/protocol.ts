@@ -57,6 +57,8 @@ export interface KeeperConfig {
   env: Record<string, string>;
   controlSocket: string;
   probeSocketPrefix: string;
+  /** The release's log file, which is also the keeper's stdout and stderr. */
+  logFile: string;
   /** The keeper stops itself if nobody makes it live within this time. */
   gateTimeoutMs: number;
   preload: string;

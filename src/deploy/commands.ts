@@ -1,78 +1,246 @@
 // The CLI's commands, as functions that take validated input and return a
 // result object (printed as one line, a table, or --json by src/cli.ts).
+import fs from 'node:fs';
 import os from 'node:os';
-import { DeployError } from '../errors';
+import path from 'node:path';
+import { DeployError, usageError } from '../errors';
 import { ensureAddon } from '../native';
 import type { KeeperStatus } from '../protocol';
-import { appName, resolveEntry, withApp } from './app';
+import { appName, resolveEntry, withApp, type ResolvedEntry } from './app';
 import { cutover, type CutoverResult } from './cutover';
 import { keeperDrain, tryKeeperStatus } from './keeper-client';
 import { waitGone } from './instances';
-import { appPaths } from './paths';
+import { tryLock } from './lock';
+import { appPaths, type AppPaths } from './paths';
+import { repairState } from './repair';
 import type { Progress } from './progress';
-import { emptyState, liveInstance, readState, writeState, type Instance } from './state';
+import { collectGarbage, removeReleaseTree, snapshot, type SnapshotStats } from './snapshot';
+import { emptyState, findRelease, liveInstance, previousRelease, readState, writeState, type AppState, type Instance, type Release } from './state';
+
+/** Where the release to deploy comes from: a new snapshot of an entry, or a kept release. */
+export type ReleaseSource =
+  | { kind: 'entry'; entry: string; root?: string }
+  | { kind: 'previous' }
+  | { kind: 'release'; id: string }
+  /** `start`: the recorded live release, after a reboot or `stop`. */
+  | { kind: 'current' };
 
 export interface DeployInput {
-  entry: string;
-  root?: string;
+  source: ReleaseSource;
   name?: string;
-  host: string;
-  port: number;
-  instances: number;
-  health: string | null;
+  /** Undefined: the app's recorded address (or the default for a first deploy). */
+  host?: string;
+  port?: number;
+  /** Settings left undefined come from the release (rollback) or the defaults. */
+  instances?: number;
+  health?: string | null;
+  env?: Record<string, string>;
+  args?: string[];
+  nodeArgs?: string[];
   healthTimeoutMs: number;
   drainTimeoutMs: number;
   handshakeGraceMs: number;
-  env: Record<string, string>;
-  args: string[];
-  nodeArgs: string[];
+  keep: number;
   stateDir: string;
   wait: boolean;
 }
 
 export interface DeployOutcome extends CutoverResult {
   repaired: string[];
+  snapshot: SnapshotStats | null;
+  pruned: string[];
+  /** `start` found the live release already running and did nothing. */
+  alreadyRunning: boolean;
+}
+
+/** A new release from a snapshot of the entry's app directory. */
+function newRelease(paths: AppPaths, state: AppState, resolved: ResolvedEntry, input: DeployInput, progress: Progress): { release: Release; stats: SnapshotStats } {
+  const id = `r${state.nextRelease++}`;
+  const dir = path.join(paths.releases, id);
+  progress.phase(`snapshotting ${resolved.root} as ${id}`);
+  let stats: SnapshotStats;
+  try {
+    stats = snapshot(resolved.root, dir, paths.store);
+  } catch (err) {
+    removeReleaseTree(dir);
+    throw new DeployError('RD_ERR_SNAPSHOT', `Could not snapshot ${resolved.root}: ${(err as Error).message}. Check that this user can read every file there, or list what should stay out in .reusedeployignore.`, { cause: err });
+  }
+  if (stats.externalModules) {
+    progress.warn(
+      `${resolved.root} has no node_modules; the release links to ${stats.externalModules} instead of copying it, ` +
+        'so a rollback uses whatever is installed there then. Pass --root with the directory that holds node_modules to include it.',
+    );
+  }
+  const release: Release = {
+    id,
+    createdAt: Date.now(),
+    entry: path.join(dir, path.relative(resolved.root, resolved.entry)),
+    root: dir,
+    sourceRoot: resolved.root,
+    sourceEntry: resolved.entry,
+    files: stats.files,
+    bytes: stats.bytes,
+    externalModules: stats.externalModules,
+    args: input.args ?? [],
+    nodeArgs: input.nodeArgs ?? [],
+    env: input.env ?? {},
+    health: input.health ?? null,
+    instances: input.instances ?? 1,
+  };
+  return { release, stats };
+}
+
+/** A kept release, run with its recorded settings unless flags override them. */
+function keptRelease(state: AppState, source: ReleaseSource, input: DeployInput): Release {
+  let id: string;
+  if (source.kind === 'previous') {
+    const previous = previousRelease(state);
+    if (!previous) throw new DeployError('RD_ERR_NO_PREVIOUS', `"${state.name}" has had no other live release to go back to (history: ${state.liveHistory.join(', ') || 'empty'}).`);
+    id = previous;
+  } else if (source.kind === 'current') {
+    const current = state.liveHistory[state.liveHistory.length - 1];
+    if (!current) throw new DeployError('RD_ERR_NO_STATE', `"${state.name}" has no release that was live; deploy one first.`);
+    id = current;
+  } else {
+    id = (source as { id: string }).id;
+  }
+  const release = findRelease(state, id);
+  if (!release || !fs.existsSync(release.entry)) {
+    throw new DeployError('RD_ERR_RELEASE_NOT_FOUND', `Release ${id} of "${state.name}" is not kept${release ? ' (its snapshot is gone)' : ''}. Kept: ${state.releases.map((r) => r.id).join(', ') || 'none'}. See \`reuse-deploy releases\`.`);
+  }
+  return {
+    ...release,
+    args: input.args ?? release.args,
+    nodeArgs: input.nodeArgs ?? release.nodeArgs,
+    env: input.env ?? release.env,
+    health: input.health === undefined ? release.health : input.health,
+    instances: input.instances ?? release.instances,
+  };
 }
 
 export async function deployCommand(input: DeployInput, progress: Progress): Promise<DeployOutcome> {
   ensureAddon();
-  const resolved = resolveEntry(input.entry, input.root);
-  const name = appName(input.name, resolved);
+  const { source } = input;
+  const resolved = source.kind === 'entry' ? resolveEntry(source.entry, source.root) : null;
+  const name = resolved ? appName(input.name, resolved) : input.name!;
+  if (!resolved && !readState(appPaths(input.stateDir, name).state)) throw noState(input.stateDir, name);
+
   return withApp(input.stateDir, name, { wait: input.wait, drainTimeoutMs: input.drainTimeoutMs, progress }, async ({ paths, state: found, repair }) => {
-    const state = found ?? emptyState(name, input.host, input.port);
+    const state = found ?? emptyState(name, input.host ?? '::', input.port ?? 0);
+    const host = input.host ?? state.host;
+    const port = input.port ?? state.port;
+    if (!port) throw usageError('--port is required for the first deploy of an app: the TCP port it serves on, e.g. --port 8080.');
     const live = liveInstance(state);
-    if (live && (state.port !== input.port || state.host !== input.host)) {
+    if (live && (state.port !== port || state.host !== host)) {
       throw new DeployError(
         'RD_ERR_PORT_CHANGED',
-        `"${name}" is live on ${state.host}:${state.port} (${live.release}); this deploy asks for ${input.host}:${input.port}. ` +
+        `"${name}" is live on ${state.host}:${state.port} (${live.release}); this deploy asks for ${host}:${port}. ` +
           `A cutover needs the same address and port. Run \`reuse-deploy stop --name ${name}\` first, or deploy under another --name.`,
       );
     }
-    state.host = input.host;
-    state.port = input.port;
-    const release = {
-      id: `r${state.nextRelease++}`,
-      createdAt: Date.now(),
-      entry: resolved.entry,
-      root: resolved.root,
-      args: input.args,
-      nodeArgs: input.nodeArgs,
-      env: input.env,
-    };
-    state.releases.push(release);
-    const result = await cutover(paths, state, release, {
-      app: name,
-      host: input.host,
-      port: input.port,
-      instances: input.instances,
-      health: input.health,
-      healthTimeoutMs: input.healthTimeoutMs,
-      drainTimeoutMs: input.drainTimeoutMs,
-      handshakeGraceMs: input.handshakeGraceMs,
-      env: {},
-    }, progress);
-    return { ...result, repaired: repair.notes };
+    state.host = host;
+    state.port = port;
+    if (source.kind === 'current' && live) {
+      const status = await tryKeeperStatus(live.controlSocket);
+      return {
+        app: name,
+        release: live.release,
+        instance: live.id,
+        pids: status?.apps.map((a) => a.pid ?? -1) ?? [],
+        port,
+        host,
+        previousRelease: null,
+        msToHealthy: 0,
+        msTotal: 0,
+        steering: null,
+        repaired: repair.notes,
+        snapshot: null,
+        pruned: [],
+        alreadyRunning: true,
+      };
+    }
+
+    let release: Release;
+    let stats: SnapshotStats | null = null;
+    if (resolved) {
+      ({ release, stats } = newRelease(paths, state, resolved, input, progress));
+      state.releases.push(release);
+    } else {
+      release = keptRelease(state, source, input);
+    }
+    writeState(paths.state, state);
+
+    let result: CutoverResult;
+    try {
+      result = await cutover(paths, state, release, {
+        app: name,
+        host,
+        port,
+        instances: release.instances,
+        health: release.health,
+        healthTimeoutMs: input.healthTimeoutMs,
+        drainTimeoutMs: input.drainTimeoutMs,
+        handshakeGraceMs: input.handshakeGraceMs,
+        env: {},
+      }, progress);
+    } catch (err) {
+      // A new release that never went live is not worth keeping.
+      if (resolved) {
+        state.releases = state.releases.filter((r) => r.id !== release.id);
+        writeState(paths.state, state);
+        removeReleaseTree(release.root);
+      }
+      throw err;
+    }
+    const pruned = pruneReleases(paths, state, input.keep);
+    return { ...result, repaired: repair.notes, snapshot: stats, pruned, alreadyRunning: false };
   });
+}
+
+/**
+ * Keeps the newest `keep` releases, and always the live one, the previous
+ * one and any that an instance still runs. Store files no release links to
+ * any more are deleted.
+ */
+export function pruneReleases(paths: AppPaths, state: AppState, keep: number): string[] {
+  const protectedIds = new Set<string>([...state.instances.map((i) => i.release), previousRelease(state) ?? '', state.liveHistory[state.liveHistory.length - 1] ?? '']);
+  const byAge = [...state.releases].sort((a, b) => b.createdAt - a.createdAt);
+  const doomed = byAge.slice(keep).filter((r) => !protectedIds.has(r.id));
+  if (doomed.length === 0) return [];
+  state.releases = state.releases.filter((r) => !doomed.includes(r));
+  writeState(paths.state, state);
+  for (const r of doomed) removeReleaseTree(r.root);
+  collectGarbage(paths.store);
+  return doomed.map((r) => r.id);
+}
+
+export interface ReleaseRow {
+  id: string;
+  createdAt: number;
+  entry: string;
+  files: number;
+  bytes: number;
+  live: boolean;
+  previous: boolean;
+}
+
+export function releasesCommand(stateDir: string, name: string): { app: string; releases: ReleaseRow[] } {
+  const state = readState(appPaths(stateDir, name).state);
+  if (!state) throw noState(stateDir, name);
+  const live = liveInstance(state)?.release ?? null;
+  const previous = previousRelease(state);
+  return {
+    app: name,
+    releases: state.releases.map((r) => ({
+      id: r.id,
+      createdAt: r.createdAt,
+      entry: r.sourceEntry,
+      files: r.files,
+      bytes: r.bytes,
+      live: r.id === live,
+      previous: r.id === previous,
+    })),
+  };
 }
 
 export interface StatusInstance {
@@ -90,19 +258,35 @@ export interface StatusOutcome {
   port: number;
   liveRelease: string | null;
   instances: StatusInstance[];
+  repaired: string[];
 }
 
-/** Reads state and asks every keeper; takes no lock and changes nothing. */
-export async function statusCommand(stateDir: string, name: string): Promise<StatusOutcome> {
+/**
+ * Reads state and asks every keeper. When no other command holds the app's
+ * lock, it first repairs what an interrupted command left behind; it never
+ * waits for the lock.
+ */
+export async function statusCommand(stateDir: string, name: string, drainTimeoutMs: number): Promise<StatusOutcome> {
   const paths = appPaths(stateDir, name);
-  const state = readState(paths.state);
+  let state = readState(paths.state);
   if (!state) throw noState(stateDir, name);
+  let repaired: string[] = [];
+  let statuses = new Map<string, KeeperStatus>();
+  const lock = fs.existsSync(paths.lock) ? tryLock(paths.lock) : null;
+  if (lock) {
+    try {
+      ({ notes: repaired, statuses } = await repairState(paths.state, state, drainTimeoutMs));
+    } finally {
+      lock.release();
+    }
+  }
   const instances: StatusInstance[] = [];
   for (const i of state.instances) {
-    const status = await tryKeeperStatus(i.controlSocket, 1_500);
+    const status = statuses.get(i.id) ?? (await tryKeeperStatus(i.controlSocket, 1_500));
     instances.push({ id: i.id, release: i.release, role: i.role, keeperPid: i.keeperPid, answering: status !== null, status });
   }
-  return { app: state.name, host: state.host, port: state.port, liveRelease: liveInstance(state)?.release ?? null, instances };
+  state = state as AppState;
+  return { app: state.name, host: state.host, port: state.port, liveRelease: liveInstance(state)?.release ?? null, instances, repaired };
 }
 
 export interface StopOutcome {

@@ -1,5 +1,5 @@
 // Human-readable text for status.
-import type { StatusOutcome } from './commands';
+import type { ReleaseRow, StatusOutcome } from './commands';
 
 export function formatDuration(ms: number): string {
   const s = Math.floor(ms / 1000);
@@ -16,8 +16,8 @@ function table(rows: string[][]): string {
 
 export function formatStatus(s: StatusOutcome): string {
   const host = s.host.includes(':') ? `[${s.host}]` : s.host;
-  const lines = [`app ${s.app} on ${host}:${s.port}, live release: ${s.liveRelease ?? 'none'}`];
-  if (s.instances.length === 0) return `${lines[0]}\nno instances running (reuse-deploy start brings the live release back)`;
+  const lines = [...s.repaired.map((n) => `repaired: ${n}`), `app ${s.app} on ${host}:${s.port}, live release: ${s.liveRelease ?? 'none'}`];
+  if (s.instances.length === 0) return `${lines.join('\n')}\nno instances running (reuse-deploy start brings the live release back)`;
   const rows = [['RELEASE', 'INSTANCE', 'ROLE', 'PHASE', 'PID', 'STATE', 'UPTIME', 'RESTARTS', 'RSS', 'CONNS', 'INFLIGHT']];
   const now = Date.now();
   for (const i of s.instances) {
@@ -43,4 +43,19 @@ export function formatStatus(s: StatusOutcome): string {
   }
   lines.push(table(rows));
   return lines.join('\n');
+}
+
+function formatBytes(n: number): string {
+  if (n < 1024) return `${n}B`;
+  if (n < 1048576) return `${(n / 1024).toFixed(1)}K`;
+  return `${(n / 1048576).toFixed(1)}M`;
+}
+
+export function formatReleases(r: { app: string; releases: ReleaseRow[] }): string {
+  if (r.releases.length === 0) return `no releases kept for ${r.app}`;
+  const rows = [['RELEASE', 'CREATED', 'FILES', 'SIZE', '', 'ENTRY']];
+  for (const x of [...r.releases].reverse()) {
+    rows.push([x.id, new Date(x.createdAt).toISOString().replace('T', ' ').slice(0, 19), String(x.files), formatBytes(x.bytes), x.live ? 'live' : x.previous ? 'previous' : '', x.entry]);
+  }
+  return table(rows);
 }

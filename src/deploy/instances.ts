@@ -40,6 +40,7 @@ export function spawnKeeper(paths: AppPaths, release: Release, options: SpawnOpt
   const controlSocket = path.join(paths.run, `${id}.sock`);
   const probeSocketPrefix = path.join(paths.run, `${id}-`);
   checkSocketPath(`${probeSocketPrefix}${Math.max(0, options.instances - 1)}.sock`);
+  const logFile = logFileOf(paths, release.id);
   const config: KeeperConfig = {
     id,
     app: options.app,
@@ -56,8 +57,8 @@ export function spawnKeeper(paths: AppPaths, release: Release, options: SpawnOpt
     probeSocketPrefix,
     gateTimeoutMs: options.gateTimeoutMs,
     preload: PRELOAD,
+    logFile,
   };
-  const logFile = logFileOf(paths, release.id);
   const logFd = fs.openSync(logFile, 'a', 0o600);
   const logOffset = fs.fstatSync(logFd).size;
   const child = spawn(process.execPath, [KEEPER_MAIN], {

@@ -10,6 +10,14 @@ export interface Lock {
   release(): void;
 }
 
+/** The lock if it is free now, else null. */
+export function tryLock(file: string): Lock | null {
+  const fd = fs.openSync(file, 'a', 0o600);
+  if (flock(fd, true, false)) return { release: () => fs.closeSync(fd) };
+  fs.closeSync(fd);
+  return null;
+}
+
 export async function acquireLock(file: string, name: string, wait: boolean, onWaiting?: () => void): Promise<Lock> {
   const fd = fs.openSync(file, 'a', 0o600);
   let warned = false;

@@ -62,3 +62,10 @@ export async function resolveHost(value: unknown): Promise<string> {
     throw usageError(`--host ${JSON.stringify(text)} is neither an IP address nor a name this machine can resolve. Use e.g. --host 127.0.0.1 or --host ::.`);
   }
 }
+
+export function parseKeep(value: unknown): number {
+  if (value === undefined) return 5;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw usageError(`--keep ${JSON.stringify(String(value))} is not valid. Use a whole number of releases, at least 1.`);
+  return n;
+}

@@ -19,6 +19,7 @@ export interface AppPaths {
   run: string;
   logs: string;
   releases: string;
+  store: string;
 }
 
 export function appPaths(stateDir: string, name: string): AppPaths {
@@ -30,6 +31,7 @@ export function appPaths(stateDir: string, name: string): AppPaths {
     run: path.join(dir, 'run'),
     logs: path.join(dir, 'logs'),
     releases: path.join(dir, 'releases'),
+    store: path.join(dir, 'store'),
   };
 }
 
@@ -73,7 +75,7 @@ export function ensurePrivateDir(dir: string): void {
 }
 
 export function ensureAppDirs(p: AppPaths): void {
-  for (const dir of [path.dirname(p.dir), p.dir, p.run, p.logs, p.releases]) ensurePrivateDir(dir);
+  for (const dir of [path.dirname(p.dir), p.dir, p.run, p.logs, p.releases, p.store]) ensurePrivateDir(dir);
 }
 
 // sockaddr_un.sun_path holds 108 bytes including the terminating NUL.

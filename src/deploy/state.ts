@@ -5,16 +5,29 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DeployError } from '../errors';
 
-export interface Release {
-  id: string;
-  createdAt: number;
-  /** Entry file, absolute. */
-  entry: string;
-  /** Working directory of the app processes. */
-  root: string;
+/** How a release is run; recorded so that a rollback runs it the same way. */
+export interface RunSettings {
   args: string[];
   nodeArgs: string[];
   env: Record<string, string>;
+  health: string | null;
+  instances: number;
+}
+
+export interface Release extends RunSettings {
+  id: string;
+  createdAt: number;
+  /** Entry file inside the snapshot, absolute. */
+  entry: string;
+  /** The snapshot: working directory of the app processes. */
+  root: string;
+  /** Where the snapshot was taken from. */
+  sourceRoot: string;
+  sourceEntry: string;
+  files: number;
+  bytes: number;
+  /** A node_modules outside the app root that the snapshot links to instead of copying. */
+  externalModules: string | null;
 }
 
 export type InstanceRole = 'starting' | 'live' | 'draining';
@@ -91,4 +104,13 @@ export function liveInstance(state: AppState): Instance | undefined {
 
 export function findRelease(state: AppState, id: string): Release | undefined {
   return state.releases.find((r) => r.id === id);
+}
+
+/** The release that was live before the current one (the target of --previous). */
+export function previousRelease(state: AppState): string | null {
+  const current = state.liveHistory[state.liveHistory.length - 1];
+  for (let i = state.liveHistory.length - 2; i >= 0; i--) {
+    if (state.liveHistory[i] !== current) return state.liveHistory[i]!;
+  }
+  return null;
 }

@@ -12,6 +12,8 @@ export interface AppEvents {
 export class AppProcess extends EventEmitter<AppEvents> {
   readonly status: AppStatus;
   private child: ChildProcess | null = null;
+  /** When the last stats answer arrived. */
+  statsAt = 0;
 
   constructor(
     readonly slot: number,
@@ -73,7 +75,10 @@ export class AppProcess extends EventEmitter<AppEvents> {
       if (m.rd === 'gated') Object.assign(this.status, { state: 'gated', tls: m.tls });
       else if (m.rd === 'live') this.status.state = 'live';
       else if (m.rd === 'other-port') this.status.otherPorts.push(m.port);
-      else if (m.rd === 'stats') Object.assign(this.status, { connections: m.connections, inflight: m.inflight });
+      else if (m.rd === 'stats') {
+        Object.assign(this.status, { connections: m.connections, inflight: m.inflight });
+        this.statsAt = Date.now();
+      }
       this.emit('message', m);
     });
     child.on('error', () => undefined); // reported through 'exit'

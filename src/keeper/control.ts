@@ -8,7 +8,7 @@ import { peerCredentials } from '../native';
 import type { KeeperStatus } from '../protocol';
 
 export interface ControlHandlers {
-  status(): KeeperStatus;
+  status(): Promise<KeeperStatus>;
   live(body: Record<string, unknown>): Promise<KeeperStatus>;
   drain(body: Record<string, unknown>): void;
   stop(): void;
@@ -39,7 +39,7 @@ export async function serveControl(path: string, handlers: ControlHandlers): Pro
         const body = req.method === 'POST' ? await readBody(req) : {};
         switch (`${req.method} ${req.url}`) {
           case 'GET /status':
-            return reply(res, 200, handlers.status());
+            return reply(res, 200, await handlers.status());
           case 'POST /live':
             return reply(res, 200, await handlers.live(body));
           case 'POST /drain':

@@ -15,6 +15,7 @@ import { AppProcess } from './apps';
 import { bindDeploySocket, isBindFailure } from './bind';
 import { serveControl } from './control';
 import { countPeers, detachWhenAlone, steerToSelf } from './steering';
+import { watchLogSize } from './logs';
 import { nextRestartDelay } from './supervise';
 
 const config = JSON.parse(process.env[KEEPER_CONFIG_ENV] ?? 'null') as KeeperConfig | null;
@@ -188,11 +189,14 @@ function shutdown(code: number): void {
 async function main(): Promise<void> {
   const c = config!;
   await serveControl(c.controlSocket, {
-    status: () => {
+    status: async () => {
+      const asked = Date.now();
       for (const app of apps) {
         app.readRss();
         app.send({ rd: 'stats' });
       }
+      // Fresh connection counts, if the apps answer quickly.
+      await waitFor(() => apps.every((a) => !a.running || a.statsAt >= asked), 250, 5);
       status.apps = apps.map((a) => ({ ...a.status }));
       return status;
     },
@@ -210,6 +214,7 @@ async function main(): Promise<void> {
     },
   });
 
+  watchLogSize(c.logFile);
   const bound = bindDeploySocket(c.host, c.port);
   if (isBindFailure(bound)) {
     fail(bound.code, bound.message);
