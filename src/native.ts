@@ -1,5 +1,16 @@
 // The single loader and typed wrapper for the native addon (native/).
-// Lookup order: $REUSE_DEPLOY_ADDON, prebuilds/<platform>-<arch>/, build/Release/.
+//
+// Lookup order:
+//   1. $REUSE_DEPLOY_ADDON, when set: that file and nothing else (an explicit
+//      choice is never silently replaced by another build).
+//   2. node-gyp-build's lookup in the package root: a source build in
+//      build/Release/ (there only when `npm install` found no prebuild that
+//      loads here, or was asked to --build-from-source), else the prebuild in
+//      prebuilds/<platform>-<arch>/ that matches this runtime (Node-API, so one
+//      file serves every Node version).
+//   3. If that file does not load, the other of the two.
+// Nothing found or loadable: RD_ERR_ADDON, naming every file tried, what is
+// missing, and how to fix it.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -36,44 +47,171 @@ export interface SystemError extends Error {
   syscall: string;
 }
 
-export const packageRoot = path.resolve(__dirname, '..', '..');
-
-function candidates(): string[] {
-  const list: string[] = [];
-  if (process.env.REUSE_DEPLOY_ADDON) list.push(path.resolve(process.env.REUSE_DEPLOY_ADDON));
-  const prebuilds = path.join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`);
-  try {
-    for (const f of fs.readdirSync(prebuilds)) if (f.endsWith('.node')) list.push(path.join(prebuilds, f));
-  } catch {
-    // no prebuilds for this platform
-  }
-  list.push(path.join(packageRoot, 'build', 'Release', 'reuse_deploy.node'));
-  return list;
+/** The parts of node-gyp-build (untyped, CommonJS) this loader uses. */
+interface NodeGypBuild {
+  /** The addon file node-gyp-build would load from `dir`; throws "No native build was found ..." if none. */
+  path(dir: string): string;
 }
 
-let cached: Addon | undefined;
+export const packageRoot = path.resolve(__dirname, '..', '..');
 
-function load(): Addon {
+const platformArch = `${process.platform}-${process.arch}`;
+const sourceBuild = path.join(packageRoot, 'build', 'Release', 'reuse_deploy.node');
+const prebuildDir = path.join(packageRoot, 'prebuilds', platformArch);
+
+function listNodeFiles(dir: string): string[] {
+  try {
+    return fs
+      .readdirSync(dir)
+      .filter((f) => f.endsWith('.node'))
+      .sort()
+      .map((f) => path.join(dir, f));
+  } catch {
+    return [];
+  }
+}
+
+function firstLine(err: unknown): string {
+  return String((err as Error)?.message ?? err).split('\n')[0]!.trim();
+}
+
+/** Executables on PATH (no process is spawned). */
+function onPath(names: string[]): boolean {
+  const dirs = (process.env.PATH ?? '').split(path.delimiter).filter(Boolean);
+  return names.some((name) =>
+    path.isAbsolute(name)
+      ? isExecutable(name)
+      : dirs.some((dir) => isExecutable(path.join(dir, name))),
+  );
+}
+
+function isExecutable(file: string): boolean {
+  try {
+    fs.accessSync(file, fs.constants.X_OK);
+    return fs.statSync(file).isFile();
+  } catch {
+    return false;
+  }
+}
+
+/** The build tools node-gyp needs that are not on PATH. */
+function missingToolchain(): string[] {
+  const cxx = process.env.CXX?.split(' ')[0];
+  const tools: [string, string[]][] = [
+    ['python3', [process.env.PYTHON ?? process.env.npm_config_python ?? 'python3', 'python3', 'python']],
+    ['make', ['make']],
+    ['g++', cxx ? [cxx] : ['g++', 'c++', 'clang++']],
+  ];
+  return tools.filter(([, names]) => !onPath(names)).map(([tool]) => tool);
+}
+
+interface Loaded {
+  addon: Addon;
+  file: string;
+}
+
+let cached: Loaded | undefined;
+
+function tryRequire(file: string, tried: string[]): Addon | undefined {
+  if (!fs.existsSync(file)) {
+    tried.push(`${file}: missing`);
+    return undefined;
+  }
+  try {
+    return require(file) as Addon;
+  } catch (err) {
+    tried.push(`${file}: ${firstLine(err)}`);
+    return undefined;
+  }
+}
+
+function addonError(summary: string, tried: string[], fix: string): DeployError {
+  return new DeployError('RD_ERR_ADDON', `${summary}\nTried:\n  ${tried.join('\n  ')}\n${fix}`, {
+    details: { tried },
+  });
+}
+
+function rebuildCommand(): string {
+  // Installed as a dependency: rebuild it by name. A checkout of this repository: run its install script.
+  return packageRoot.split(path.sep).includes('node_modules') ? 'npm rebuild reuse-deploy' : `npm run install (in ${packageRoot})`;
+}
+
+function load(): Loaded {
   if (cached) return cached;
   const tried: string[] = [];
-  for (const file of candidates()) {
-    if (!fs.existsSync(file)) {
-      tried.push(`${file} (missing)`);
-      continue;
-    }
+
+  const override = process.env.REUSE_DEPLOY_ADDON;
+  if (override) {
+    const file = path.resolve(override);
+    const addon = tryRequire(file, tried);
+    if (addon) return (cached = { addon, file });
+    throw addonError(
+      `The native addon could not be loaded from REUSE_DEPLOY_ADDON=${override}.`,
+      tried,
+      'Point REUSE_DEPLOY_ADDON at a built reuse_deploy.node, or unset it to use the addon that comes with the package.',
+    );
+  }
+
+  const files: string[] = [];
+  let gypBuild: NodeGypBuild | undefined;
+  try {
+    gypBuild = require('node-gyp-build') as NodeGypBuild;
+  } catch (err) {
+    tried.push(`node-gyp-build: ${firstLine(err)} (reinstall reuse-deploy's dependencies)`);
+  }
+  if (gypBuild) {
     try {
-      cached = require(file) as Addon;
-      return cached;
-    } catch (err) {
-      tried.push(`${file} (${(err as Error).message.split('\n')[0]})`);
+      files.push(gypBuild.path(packageRoot));
+    } catch {
+      // none of its candidates exists; the list below names them
     }
   }
-  throw new DeployError(
-    'RD_ERR_ADDON',
-    `The native addon could not be loaded. Tried:\n  ${tried.join('\n  ')}\n` +
-      'Rebuild it with `npm rebuild reuse-deploy` (needs python3, make and a C++ compiler), ' +
-      'or set REUSE_DEPLOY_ADDON to a built reuse_deploy.node.',
-  );
+  const prebuilds = listNodeFiles(prebuildDir);
+  for (const file of [sourceBuild, ...prebuilds]) if (!files.includes(file)) files.push(file);
+
+  for (const file of files) {
+    if (file === sourceBuild && !fs.existsSync(file)) continue; // reported below, as "no source build"
+    const addon = tryRequire(file, tried);
+    if (addon) return (cached = { addon, file });
+  }
+
+  // What is missing, and what would fix it.
+  const problems: string[] = [];
+  if (prebuilds.length === 0) {
+    const others = listDirs(path.join(packageRoot, 'prebuilds'));
+    tried.push(`${prebuildDir}${path.sep}: no prebuild for ${platformArch}${others.length ? ` (prebuilds exist for ${others.join(', ')})` : ''}`);
+    problems.push(`no prebuild for ${platformArch}`);
+  } else {
+    problems.push(`the prebuild for ${platformArch} does not load here`);
+  }
+  if (!fs.existsSync(sourceBuild)) {
+    tried.push(`${sourceBuild}: missing (no source build)`);
+    problems.push('no source build');
+  } else {
+    problems.push('the source build does not load');
+  }
+  const missing = missingToolchain();
+  const rebuild = rebuildCommand();
+  let fix: string;
+  if (missing.length > 0) {
+    problems.push(`no compiler (${missing.join(', ')} not on PATH)`);
+    fix = `Install python3, make and g++, then run \`${rebuild}\`; or set REUSE_DEPLOY_ADDON to a built reuse_deploy.node.`;
+  } else {
+    fix = `Build it from source with \`${rebuild}\`${prebuilds.length > 0 ? ' (add --build-from-source to skip the prebuild)' : ''}; or set REUSE_DEPLOY_ADDON to a built reuse_deploy.node.`;
+  }
+  throw addonError(`The native addon could not be loaded: ${joinProblems(problems)}.`, tried, fix);
+}
+
+function listDirs(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir).filter((f) => fs.statSync(path.join(dir, f)).isDirectory()).sort();
+  } catch {
+    return [];
+  }
+}
+
+function joinProblems(list: string[]): string {
+  return list.length <= 1 ? list.join('') : `${list.slice(0, -1).join(', ')} and ${list[list.length - 1]}`;
 }
 
 const errnoNames = new Map<number, string>(Object.entries(os.constants.errno).map(([name, n]) => [n, name]));
@@ -97,12 +235,17 @@ export function ensureAddon(): void {
   load();
 }
 
-export const bindReusePort = (address: string, port: number): number => call(() => load().bindReusePort(address, port));
-export const listenFd = (fd: number, backlog: number): void => call(() => load().listen(fd, backlog));
-export const attachSteering = (fd: number, index: number): void => call(() => load().attachSteering(fd, index));
-export const detachSteering = (fd: number): void => call(() => load().detachSteering(fd));
-export const acceptQueue = (fd: number): AcceptQueue => call(() => load().acceptQueue(fd));
-export const closeFd = (fd: number): void => call(() => load().closeFd(fd));
+/** The addon file in use (loading it if needed); throws RD_ERR_ADDON like every other call. */
+export function addonPath(): string {
+  return load().file;
+}
+
+export const bindReusePort = (address: string, port: number): number => call(() => load().addon.bindReusePort(address, port));
+export const listenFd = (fd: number, backlog: number): void => call(() => load().addon.listen(fd, backlog));
+export const attachSteering = (fd: number, index: number): void => call(() => load().addon.attachSteering(fd, index));
+export const detachSteering = (fd: number): void => call(() => load().addon.detachSteering(fd));
+export const acceptQueue = (fd: number): AcceptQueue => call(() => load().addon.acceptQueue(fd));
+export const closeFd = (fd: number): void => call(() => load().addon.closeFd(fd));
 export const flock = (fd: number, exclusive: boolean, wait: boolean): boolean =>
-  call(() => load().flock(fd, exclusive, wait));
-export const peerCredentials = (fd: number): PeerCredentials => call(() => load().peerCredentials(fd));
+  call(() => load().addon.flock(fd, exclusive, wait));
+export const peerCredentials = (fd: number): PeerCredentials => call(() => load().addon.peerCredentials(fd));

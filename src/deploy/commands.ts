@@ -9,7 +9,7 @@ import type { KeeperStatus } from '../protocol';
 import { appName, resolveEntry, withApp, type ResolvedEntry } from './app';
 import { cutover, type CutoverResult } from './cutover';
 import { keeperDrain, tryKeeperStatus } from './keeper-client';
-import { waitGone } from './instances';
+import { logFileOf, logTail, waitGone } from './instances';
 import { tryLock } from './lock';
 import { appPaths, type AppPaths } from './paths';
 import { repairState } from './repair';
@@ -250,6 +250,8 @@ export interface StatusInstance {
   keeperPid: number;
   answering: boolean;
   status: KeeperStatus | null;
+  /** The release log's last lines, when something is wrong with the instance. */
+  logTail: string | null;
 }
 
 export interface StatusOutcome {
@@ -283,7 +285,9 @@ export async function statusCommand(stateDir: string, name: string, drainTimeout
   const instances: StatusInstance[] = [];
   for (const i of state.instances) {
     const status = statuses.get(i.id) ?? (await tryKeeperStatus(i.controlSocket, 1_500));
-    instances.push({ id: i.id, release: i.release, role: i.role, keeperPid: i.keeperPid, answering: status !== null, status });
+    const troubled = status?.error || status?.apps.some((a) => a.state === 'failed');
+    const logTailText = troubled ? logTail(logFileOf(paths, i.release), 0, 10) : null;
+    instances.push({ id: i.id, release: i.release, role: i.role, keeperPid: i.keeperPid, answering: status !== null, status, logTail: logTailText });
   }
   state = state as AppState;
   return { app: state.name, host: state.host, port: state.port, liveRelease: liveInstance(state)?.release ?? null, instances, repaired };

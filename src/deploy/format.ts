@@ -42,6 +42,10 @@ export function formatStatus(s: StatusOutcome): string {
     }
   }
   lines.push(table(rows));
+  for (const i of s.instances) {
+    if (i.status?.error) lines.push(`${i.release} (${i.id}): ${i.status.error.message} [${i.status.error.code}]`);
+    if (i.logTail) lines.push(`--- last lines of ${i.release}'s log ---`, i.logTail, '---');
+  }
   return lines.join('\n');
 }
 

@@ -16,7 +16,7 @@ import { bindDeploySocket, isBindFailure } from './bind';
 import { serveControl } from './control';
 import { countPeers, detachWhenAlone, steerToSelf } from './steering';
 import { watchLogSize } from './logs';
-import { nextRestartDelay } from './supervise';
+import { CRASH_LOOP, nextRestartDelay } from './supervise';
 
 const config = JSON.parse(process.env[KEEPER_CONFIG_ENV] ?? 'null') as KeeperConfig | null;
 if (!config) {
@@ -85,8 +85,9 @@ function onAppExit(app: AppProcess, code: number | null, signal: NodeJS.Signals 
   const delay = nextRestartDelay(crashTimes[app.slot]!, Date.now());
   if (delay === null) {
     app.status.state = 'failed';
-    log(`app ${app.slot} crashed too often; not restarting it`);
-    if (apps.every((a) => a.status.state === 'failed')) status.error = { code: 'RD_ERR_CRASH_LOOP', message: 'every app process is in a crash loop' };
+    const message = `app process ${app.slot} is in a crash loop (${CRASH_LOOP.crashes} crashes within ${CRASH_LOOP.windowMs / 1000} s); not restarting it`;
+    log(message);
+    status.error = { code: 'RD_ERR_CRASH_LOOP', message };
     return;
   }
   log(`restarting app ${app.slot} in ${delay} ms; queued connections wait in the listening socket`);

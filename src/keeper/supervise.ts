@@ -3,8 +3,9 @@
 // wait in its accept queue instead of being reset.
 
 export const CRASH_LOOP = { crashes: 5, windowMs: 60_000 } as const;
-const FIRST_DELAY_MS = 1_000;
-const MAX_DELAY_MS = 30_000;
+// REUSE_DEPLOY_RESTART_DELAY_MS tunes the first delay (documented in the README).
+const FIRST_DELAY_MS = Number(process.env.REUSE_DEPLOY_RESTART_DELAY_MS) || 1_000;
+const MAX_DELAY_MS = Math.max(30_000, FIRST_DELAY_MS);
 
 /**
  * Records a crash at `now` in `history` (mutated) and returns how long to

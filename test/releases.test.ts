@@ -1,0 +1,148 @@
+// Releases: snapshots that survive rebuilds, rollback, redeploy, pruning.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, test } from 'node:test';
+import { collectGarbage, snapshot } from '../src/deploy/snapshot';
+import { cleanup, fixture, freePort, get, remember, runCli, tempStateDir, waitUntil } from './helpers';
+
+let stateDir: string;
+let appDir: string;
+let port: number;
+
+/** Writes a real app whose code says `version`, as a build would. */
+function build(version: string): void {
+  fs.mkdirSync(path.join(appDir, 'lib'), { recursive: true });
+  fs.writeFileSync(path.join(appDir, 'package.json'), JSON.stringify({ name: 'shop' }));
+  fs.writeFileSync(path.join(appDir, 'lib', 'version.js'), `module.exports = ${JSON.stringify(version)};\n`);
+  fs.copyFileSync(fixture('app.js'), path.join(appDir, 'server.js'));
+  fs.writeFileSync(path.join(appDir, 'server.js'), fs.readFileSync(fixture('app.js'), 'utf8').replace("process.env.APP_VERSION || 'v1'", "require('./lib/version')"));
+}
+
+beforeEach(async () => {
+  stateDir = tempStateDir();
+  appDir = fs.mkdtempSync(path.join(os.tmpdir(), 'rd-app-'));
+  port = await freePort();
+});
+afterEach(async () => {
+  await cleanup(stateDir);
+  fs.rmSync(appDir, { recursive: true, force: true });
+});
+
+async function deploy(...extra: string[]) {
+  const r = await runCli([path.join(appDir, 'server.js'), '--port', String(port), '--host', '127.0.0.1', '--state-dir', stateDir, ...extra]);
+  remember(stateDir, 'shop');
+  return r;
+}
+
+async function cli(...args: string[]) {
+  const r = await runCli([...args, '--name', 'shop', '--state-dir', stateDir]);
+  remember(stateDir, 'shop');
+  return r;
+}
+
+async function version(): Promise<string> {
+  return (await get(port, '/')).body.split(' ')[0]!;
+}
+
+describe('releases and rollback', () => {
+  test('--previous after the app directory was overwritten by a new build: v1 serves', async () => {
+    build('v1');
+    assert.equal((await deploy()).code, 0);
+    build('v2');
+    assert.equal((await deploy()).code, 0);
+    assert.equal(await version(), 'v2');
+    build('v3'); // CI rebuilt ./ without deploying
+    const r = await cli('--previous');
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /deployed shop r1 .*replaced r2/);
+    assert.equal(await version(), 'v1');
+  });
+
+  test('--release after the app directory was deleted: that release serves', async () => {
+    build('v1');
+    assert.equal((await deploy()).code, 0);
+    build('v2');
+    assert.equal((await deploy()).code, 0);
+    build('v3');
+    assert.equal((await deploy()).code, 0);
+    fs.rmSync(appDir, { recursive: true, force: true });
+    const r = await cli('--release', 'r2');
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(await version(), 'v2');
+    const list = await cli('releases', '--json');
+    const releases = JSON.parse(list.stdout).releases as { id: string; live: boolean; previous: boolean }[];
+    assert.deepEqual(releases.find((x) => x.live)?.id, 'r2');
+    assert.deepEqual(releases.find((x) => x.previous)?.id, 'r3');
+  });
+
+  test('a failed rollback leaves the current version serving and exits 1', async () => {
+    build('v1');
+    assert.equal((await deploy()).code, 0);
+    build('v2');
+    assert.equal((await deploy()).code, 0);
+    // Break r1's snapshot the way a vanished dependency would.
+    const r1Server = path.join(stateDir, 'shop', 'releases', 'r1', 'server.js');
+    fs.rmSync(r1Server);
+    fs.writeFileSync(r1Server, 'throw new Error("r1 no longer boots")\n');
+    const r = await cli('--previous', '--health-timeout', '3s');
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /RD_ERR_BOOT_CRASH/);
+    assert.equal(await version(), 'v2');
+  });
+
+  test('--keep prunes old releases but never the live or the previous one', async () => {
+    for (const v of ['v1', 'v2', 'v3']) {
+      build(v);
+      assert.equal((await deploy()).code, 0);
+    }
+    assert.equal((await cli('--release', 'r1')).code, 0); // live r1, previous r3
+    // Releases that an instance still runs (r3, draining) are kept too: wait for it to finish.
+    await waitUntil(async () => JSON.parse((await cli('status', '--json')).stdout).instances.length === 1, 15_000, 'r3 to finish draining');
+    build('v4');
+    const r = await deploy('--keep', '1');
+    assert.equal(r.code, 0, r.stderr);
+    // live r4 and previous r1 stay; r2 and r3 go
+    assert.match(r.stdout, /pruned r2, r3|pruned r3, r2/);
+    const ids = (JSON.parse((await cli('releases', '--json')).stdout).releases as { id: string }[]).map((x) => x.id).sort();
+    assert.deepEqual(ids, ['r1', 'r4']);
+    assert.ok(!fs.existsSync(path.join(stateDir, 'shop', 'releases', 'r2')));
+    assert.equal(await version(), 'v4');
+    assert.equal((await cli('--previous')).code, 0);
+    assert.equal(await version(), 'v1');
+  });
+});
+
+describe('snapshots', () => {
+  test('unchanged files are shared and not read again; .git and .reusedeployignore stay out', () => {
+    build('v1');
+    fs.mkdirSync(path.join(appDir, '.git'));
+    fs.writeFileSync(path.join(appDir, '.git', 'HEAD'), 'ref: main\n');
+    fs.mkdirSync(path.join(appDir, 'coverage'));
+    fs.writeFileSync(path.join(appDir, 'coverage', 'lcov.info'), 'x');
+    fs.writeFileSync(path.join(appDir, 'debug.log'), 'x');
+    fs.writeFileSync(path.join(appDir, '.reusedeployignore'), '# not deployed\ncoverage/\n*.log\n');
+    const store = path.join(stateDir, 'store');
+    const first = snapshot(appDir, path.join(stateDir, 'r1'), store);
+    assert.equal(first.files, 4); // package.json, lib/version.js, server.js, .reusedeployignore
+    assert.equal(first.hashed, 4);
+    assert.ok(!fs.existsSync(path.join(stateDir, 'r1', '.git')));
+    assert.ok(!fs.existsSync(path.join(stateDir, 'r1', 'coverage')));
+    assert.ok(!fs.existsSync(path.join(stateDir, 'r1', 'debug.log')));
+
+    fs.writeFileSync(path.join(appDir, 'lib', 'version.js'), 'module.exports = "v2";\n');
+    const second = snapshot(appDir, path.join(stateDir, 'r2'), store);
+    assert.equal(second.hashed, 1, 'only the changed file is read');
+    assert.equal(second.newBytes, fs.statSync(path.join(appDir, 'lib', 'version.js')).size);
+    const a = fs.statSync(path.join(stateDir, 'r1', 'server.js'));
+    const b = fs.statSync(path.join(stateDir, 'r2', 'server.js'));
+    assert.equal(a.ino, b.ino, 'one inode shared by both releases');
+    assert.equal(a.mode & 0o222, 0, 'store files are read-only');
+
+    fs.rmSync(path.join(stateDir, 'r1'), { recursive: true });
+    const freed = collectGarbage(store);
+    assert.equal(freed, 'module.exports = "v1";\n'.length, 'only r1\'s own version.js is freed');
+    assert.equal(fs.readFileSync(path.join(stateDir, 'r2', 'server.js'), 'utf8'), fs.readFileSync(path.join(appDir, 'server.js'), 'utf8'));
+  });
+});

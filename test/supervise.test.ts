@@ -1,0 +1,112 @@
+// Supervision: crash restarts without losing queued connections, crash
+// loops, stop/start, and several app processes per release.
+import assert from 'node:assert/strict';
+import { afterEach, beforeEach, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { cleanup, fixture, freePort, get, isAlive, processGroup, readAppState, remember, runCli, tempStateDir, waitUntil } from './helpers';
+
+let stateDir: string;
+let port: number;
+
+beforeEach(async () => {
+  stateDir = tempStateDir();
+  port = await freePort();
+});
+afterEach(() => cleanup(stateDir));
+
+const common = () => ['--port', String(port), '--host', '127.0.0.1', '--name', 'app', '--state-dir', stateDir];
+
+interface AppStatusJson {
+  pid: number | null;
+  state: string;
+  restarts: number;
+}
+
+async function appStatuses(): Promise<AppStatusJson[]> {
+  const r = await runCli(['status', '--name', 'app', '--state-dir', stateDir, '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const live = JSON.parse(r.stdout).instances.find((i: { role: string }) => i.role === 'live');
+  return live?.status?.apps ?? [];
+}
+
+describe('supervision', () => {
+  test('kill -9 of the live app: queued requests wait, none fails, a new pid serves', async () => {
+    const d = await runCli([fixture('app.js'), ...common(), '--health', '/healthz']);
+    assert.equal(d.code, 0, d.stderr);
+    remember(stateDir, 'app');
+    const [before] = await appStatuses();
+    const oldPid = before!.pid!;
+
+    // A steady client loop; the kill lands between two requests, so that no
+    // request is inside the process at that instant (those would die with it).
+    const errors: string[] = [];
+    const pids = new Set<string>();
+    for (let i = 0; i < 60; i++) {
+      if (i === 20) process.kill(oldPid, 'SIGKILL');
+      try {
+        const answer = await get(port, '/', { timeoutMs: 10_000 });
+        if (answer.status !== 200) errors.push(`status ${answer.status}`);
+        pids.add(answer.body.split(' ')[1]!);
+      } catch (err) {
+        errors.push(String(err));
+      }
+    }
+    assert.deepEqual(errors, []);
+    assert.ok(!isAlive(oldPid));
+    const [after] = await appStatuses();
+    assert.notEqual(after!.pid, oldPid);
+    assert.equal(after!.state, 'live');
+    assert.equal(after!.restarts, 1);
+    assert.ok(pids.has(String(after!.pid)), 'the new process answered');
+  });
+
+  test('a crash loop gives up, and status says so', async () => {
+    const d = await runCli([fixture('crash-after-live.js'), ...common()], { env: { REUSE_DEPLOY_RESTART_DELAY_MS: '100' } });
+    assert.equal(d.code, 0, d.stderr);
+    remember(stateDir, 'app');
+    await waitUntil(async () => (await appStatuses())[0]?.state === 'failed', 20_000, 'the crash loop to be given up');
+    const [app] = await appStatuses();
+    assert.ok(app!.restarts >= 3, `restarts counted: ${app!.restarts}`);
+    const text = await runCli(['status', '--name', 'app', '--state-dir', stateDir]);
+    assert.match(text.stdout, /failed/);
+    assert.match(text.stdout, /crash loop/);
+    assert.match(text.stdout, /crashed after going live/, 'the last lines of the log are shown');
+  });
+
+  test('stop, then start: the same release serves again', async () => {
+    assert.equal((await runCli([fixture('app.js'), ...common(), '--env', 'APP_VERSION=v7'])).code, 0);
+    remember(stateDir, 'app');
+    assert.equal((await runCli(['stop', '--name', 'app', '--state-dir', stateDir])).code, 0);
+    await assert.rejects(get(port, '/'));
+    const start = await runCli(['start', '--name', 'app', '--state-dir', stateDir]);
+    assert.equal(start.code, 0, start.stderr);
+    assert.match(start.stdout, /deployed app r1/);
+    remember(stateDir, 'app');
+    assert.match((await get(port, '/')).body, /^v7 /);
+    const again = await runCli(['start', '--name', 'app', '--state-dir', stateDir]);
+    assert.equal(again.code, 0);
+    assert.match(again.stdout, /already running/);
+  });
+
+  test('--instances 2: two processes share the socket and cut over together', async () => {
+    const d1 = await runCli([fixture('app.js'), ...common(), '--instances', '2', '--env', 'APP_VERSION=v1']);
+    assert.equal(d1.code, 0, d1.stderr);
+    remember(stateDir, 'app');
+    const first = await appStatuses();
+    assert.equal(first.length, 2);
+    assert.equal(first.filter((a) => a.state === 'live').length, 2);
+    const keeper = (readAppState(stateDir, 'app')!.instances[0] as { keeperPid: number }).keeperPid;
+    assert.equal(processGroup(keeper).length, 3, 'one keeper, two app processes');
+
+    const seen = new Set<string>();
+    for (let i = 0; i < 60 && seen.size < 2; i++) seen.add((await get(port, '/')).body.split(' ')[1]!);
+    assert.equal(seen.size, 2, 'both processes answer');
+
+    const d2 = await runCli([fixture('app.js'), ...common(), '--instances', '2', '--env', 'APP_VERSION=v2']);
+    assert.equal(d2.code, 0, d2.stderr);
+    remember(stateDir, 'app');
+    assert.match(d2.stdout, /\(pid \d+, \d+, replaced r1\)/);
+    for (let i = 0; i < 10; i++) assert.match((await get(port, '/')).body, /^v2 /);
+    await sleep(100);
+  });
+});
