@@ -150,6 +150,30 @@ Napi::Value AcceptQueue(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// unlisten(fd): takes a listening socket out of its reuseport group but keeps
+// it bound, so that a later listen() puts it back. connect(AF_UNSPEC) runs
+// tcp_disconnect, which stops the listener (inet_csk_listen_stop: anything
+// still queued is reset, so the caller empties the queue first) and unhashes
+// it; the port stays held because bind() set SOCK_BINDPORT_LOCK.
+Napi::Value Unlisten(const Napi::CallbackInfo& info) {
+  if (!ArgsAreNumbers(info, 1)) return info.Env().Undefined();
+  sockaddr sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_family = AF_UNSPEC;
+  if (connect(info[0].As<Napi::Number>().Int32Value(), &sa, sizeof sa) < 0)
+    return ThrowErrno(info.Env(), "connect(AF_UNSPEC)", errno);
+  return info.Env().Undefined();
+}
+
+// dup(fd): a second descriptor (close-on-exec) for the same socket, so that
+// an app process can close its server and listen again later.
+Napi::Value Dup(const Napi::CallbackInfo& info) {
+  if (!ArgsAreNumbers(info, 1)) return info.Env().Undefined();
+  int fd = fcntl(info[0].As<Napi::Number>().Int32Value(), F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) return ThrowErrno(info.Env(), "fcntl(F_DUPFD_CLOEXEC)", errno);
+  return Napi::Number::New(info.Env(), fd);
+}
+
 Napi::Value CloseFd(const Napi::CallbackInfo& info) {
   if (!ArgsAreNumbers(info, 1)) return info.Env().Undefined();
   if (close(info[0].As<Napi::Number>().Int32Value()) < 0) return ThrowErrno(info.Env(), "close", errno);
@@ -196,6 +220,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("detachSteering", Napi::Function::New(env, DetachSteering));
   exports.Set("acceptQueue", Napi::Function::New(env, AcceptQueue));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd));
+  exports.Set("unlisten", Napi::Function::New(env, Unlisten));
+  exports.Set("dup", Napi::Function::New(env, Dup));
   exports.Set("flock", Napi::Function::New(env, Flock));
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials));
   return exports;

@@ -84,6 +84,7 @@ async function run<T>(flags: GlobalFlags, fn: (progress: Progress) => Promise<T>
 
 function deploySummary(r: DeployOutcome): string {
   if (r.alreadyRunning) return `${r.app} ${r.release} is already running (pid ${r.pids.join(', ')})`;
+  if (r.unparked) return `brought parked ${r.app} ${r.release} back on port ${r.port} (pid ${r.pids.join(', ')}, replaced ${r.previousRelease ?? 'nothing'}) in ${r.msTotal} ms`;
   const replaced = r.previousRelease ? `, replaced ${r.previousRelease}` : '';
   const pruned = r.pruned.length ? `; pruned ${r.pruned.join(', ')}` : '';
   return `deployed ${r.app} ${r.release} on ${r.host.includes(':') ? `[${r.host}]` : r.host}:${r.port} (pid ${r.pids.join(', ')}${replaced}): healthy in ${r.msToHealthy} ms, total ${r.msTotal} ms${pruned}`;
@@ -107,6 +108,7 @@ cli
   .option('--state-dir <dir>', 'State directory (default: $REUSE_DEPLOY_HOME, $XDG_STATE_HOME/reuse-deploy, ~/.local/state/reuse-deploy, /var/lib/reuse-deploy as root)')
   .option('--previous', 'Roll back: redeploy the release that was live before the current one, through the health gate')
   .option('--release <id>', 'Redeploy a kept release (see `reuse-deploy releases`)')
+  .option('--park <duration>', 'Keep the replaced version running, closed to traffic, this long; --previous then brings it back at once')
   .option('--keep <n>', 'Releases to keep; the live and the previous one are always kept (default: 5)')
   .option('--wait', 'Queue behind another command working on the same app instead of failing')
   .option('--json', 'Print one JSON object on stdout and nothing else there')
@@ -115,6 +117,7 @@ cli
   .example('reuse-deploy ./dist/server.js --port 443 --health /healthz --env NODE_ENV=production')
   .example('reuse-deploy --previous --name hello              # roll back')
   .example('reuse-deploy --release r3 --name hello            # redeploy a kept release')
+  .example('reuse-deploy ./dist/server.js --port 8080 --park 10m   # keep the old version parked for instant rollback')
   .example('reuse-deploy ./server.js --port 3000 -- --config prod.json   # args after -- go to the app')
   .action(async (entry: string | undefined, args: string[], flags: GlobalFlags & Record<string, unknown>) => {
     const sources = [entry !== undefined, Boolean(flags.previous), flags.release !== undefined].filter(Boolean).length;
@@ -147,6 +150,7 @@ cli
             healthTimeoutMs: parseDuration('health-timeout', flags.healthTimeout, 30_000),
             drainTimeoutMs: parseDuration('drain-timeout', flags.drainTimeout, 30_000),
             handshakeGraceMs: parseDuration('handshake-grace', flags.handshakeGrace, 1_000),
+            parkMs: parseDuration('park', flags.park, 0),
             keep: parseKeep(flags.keep),
             stateDir: stateDirOf(flags),
             wait: Boolean(flags.wait),
@@ -178,6 +182,7 @@ cli
             healthTimeoutMs: parseDuration('health-timeout', flags.healthTimeout, 30_000),
             drainTimeoutMs: 30_000,
             handshakeGraceMs: 1_000,
+            parkMs: 0,
             keep: Number.MAX_SAFE_INTEGER,
             stateDir: stateDirOf(flags),
             wait: Boolean(flags.wait),

@@ -36,6 +36,8 @@ interface Addon {
   detachSteering(fd: number): void;
   acceptQueue(fd: number): AcceptQueue;
   closeFd(fd: number): void;
+  unlisten(fd: number): void;
+  dup(fd: number): number;
   flock(fd: number, exclusive: boolean, wait: boolean): boolean;
   peerCredentials(fd: number): PeerCredentials;
 }
@@ -118,9 +120,13 @@ function tryRequire(file: string, tried: string[]): Addon | undefined {
     return undefined;
   }
   try {
-    return require(file) as Addon;
+    // dlopen, not require: a file without the .node extension must not be run as JavaScript.
+    const mod = { exports: {} as Addon };
+    process.dlopen(mod, file);
+    return mod.exports;
   } catch (err) {
-    tried.push(`${file}: ${firstLine(err)}`);
+    const message = firstLine(err);
+    tried.push(`${file}: ${message.startsWith(`${file}: `) ? message.slice(file.length + 2) : message}`);
     return undefined;
   }
 }
@@ -133,7 +139,8 @@ function addonError(summary: string, tried: string[], fix: string): DeployError 
 
 function rebuildCommand(): string {
   // Installed as a dependency: rebuild it by name. A checkout of this repository: run its install script.
-  return packageRoot.split(path.sep).includes('node_modules') ? 'npm rebuild reuse-deploy' : `npm run install (in ${packageRoot})`;
+  // Either way node-gyp-build builds from source when no prebuild loads here.
+  return packageRoot.split(path.sep).includes('node_modules') ? 'npm rebuild reuse-deploy' : `cd ${packageRoot} && npm run install`;
 }
 
 function load(): Loaded {
@@ -175,20 +182,20 @@ function load(): Loaded {
     if (addon) return (cached = { addon, file });
   }
 
-  // What is missing, and what would fix it.
+  // What is missing, and what would fix it (in node-gyp-build's order: source build, then prebuild).
   const problems: string[] = [];
-  if (prebuilds.length === 0) {
-    const others = listDirs(path.join(packageRoot, 'prebuilds'));
-    tried.push(`${prebuildDir}${path.sep}: no prebuild for ${platformArch}${others.length ? ` (prebuilds exist for ${others.join(', ')})` : ''}`);
-    problems.push(`no prebuild for ${platformArch}`);
-  } else {
-    problems.push(`the prebuild for ${platformArch} does not load here`);
-  }
   if (!fs.existsSync(sourceBuild)) {
-    tried.push(`${sourceBuild}: missing (no source build)`);
+    tried.unshift(`${sourceBuild}: missing (no source build)`);
     problems.push('no source build');
   } else {
     problems.push('the source build does not load');
+  }
+  if (prebuilds.length === 0) {
+    const others = listDirs(path.join(packageRoot, 'prebuilds'));
+    tried.push(`${prebuildDir}${path.sep}: no prebuild for ${platformArch}${others.length ? ` (prebuilds exist for ${others.join(', ')})` : ''}`);
+    problems.unshift(`no prebuild for ${platformArch}`);
+  } else {
+    problems.unshift(`the prebuild for ${platformArch} does not load here`);
   }
   const missing = missingToolchain();
   const rebuild = rebuildCommand();
@@ -197,7 +204,7 @@ function load(): Loaded {
     problems.push(`no compiler (${missing.join(', ')} not on PATH)`);
     fix = `Install python3, make and g++, then run \`${rebuild}\`; or set REUSE_DEPLOY_ADDON to a built reuse_deploy.node.`;
   } else {
-    fix = `Build it from source with \`${rebuild}\`${prebuilds.length > 0 ? ' (add --build-from-source to skip the prebuild)' : ''}; or set REUSE_DEPLOY_ADDON to a built reuse_deploy.node.`;
+    fix = `Build it from source with \`${rebuild}\` (python3, make and g++ are on PATH); or set REUSE_DEPLOY_ADDON to a built reuse_deploy.node.`;
   }
   throw addonError(`The native addon could not be loaded: ${joinProblems(problems)}.`, tried, fix);
 }
@@ -246,6 +253,8 @@ export const attachSteering = (fd: number, index: number): void => call(() => lo
 export const detachSteering = (fd: number): void => call(() => load().addon.detachSteering(fd));
 export const acceptQueue = (fd: number): AcceptQueue => call(() => load().addon.acceptQueue(fd));
 export const closeFd = (fd: number): void => call(() => load().addon.closeFd(fd));
+export const unlisten = (fd: number): void => call(() => load().addon.unlisten(fd));
+export const dupFd = (fd: number): number => call(() => load().addon.dup(fd));
 export const flock = (fd: number, exclusive: boolean, wait: boolean): boolean =>
   call(() => load().addon.flock(fd, exclusive, wait));
 export const peerCredentials = (fd: number): PeerCredentials => call(() => load().addon.peerCredentials(fd));

@@ -25,6 +25,8 @@ export const APP_LISTEN_FD = 4;
 /** keeper -> app */
 export type KeeperMessage =
   | { rd: 'live' }
+  /** Listen again on fd 4 after a drain: the process was parked. */
+  | { rd: 'unpark' }
   | { rd: 'drain'; timeoutMs: number }
   | { rd: 'stats' };
 
@@ -66,7 +68,7 @@ export interface KeeperConfig {
 
 export const KEEPER_CONFIG_ENV = 'REUSE_DEPLOY_KEEPER';
 
-export type AppState = 'starting' | 'gated' | 'live' | 'draining' | 'exited' | 'failed';
+export type AppState = 'starting' | 'gated' | 'live' | 'draining' | 'parked' | 'exited' | 'failed';
 
 export interface AppStatus {
   slot: number;
@@ -83,7 +85,7 @@ export interface AppStatus {
   rssBytes: number;
 }
 
-export type KeeperPhase = 'booting' | 'gated' | 'live' | 'draining' | 'closed' | 'failed';
+export type KeeperPhase = 'booting' | 'gated' | 'live' | 'draining' | 'parked' | 'closed' | 'failed';
 
 export interface KeeperStatus {
   id: string;
@@ -97,4 +99,6 @@ export interface KeeperStatus {
   apps: AppStatus[];
   error: { code: string; message: string } | null;
   steering: { index: number; groupSize: number; unknown: number } | null;
+  /** While parked: when the keeper stops the release for good. */
+  parkedUntil: number | null;
 }

@@ -109,8 +109,34 @@ describe('releases and rollback', () => {
     assert.deepEqual(ids, ['r1', 'r4']);
     assert.ok(!fs.existsSync(path.join(stateDir, 'shop', 'releases', 'r2')));
     assert.equal(await version(), 'v4');
-    assert.equal((await cli('--previous')).code, 0);
+    const back = await cli('--previous');
+    assert.equal(back.code, 0, back.stderr);
     assert.equal(await version(), 'v1');
+  });
+});
+
+describe('parked rollback', () => {
+  test('--park keeps the old version up, closed to traffic; --previous brings it back without a boot', async () => {
+    build('v1');
+    assert.equal((await deploy()).code, 0);
+    build('v2');
+    const d2 = await deploy('--park', '1m');
+    assert.equal(d2.code, 0, d2.stderr);
+    const parkedStatus = async () => JSON.parse((await cli('status', '--json')).stdout).instances.find((i: { role: string }) => i.role === 'parked');
+    await waitUntil(async () => (await parkedStatus())?.status?.phase === 'parked', 10_000, 'r1 to be parked');
+    const parked = await parkedStatus();
+    assert.equal(parked.release, 'r1');
+    assert.equal(parked.status.listener, 'bound', 'out of the port group, but still bound');
+    const parkedPid = parked.status.apps[0].pid;
+    for (let i = 0; i < 10; i++) assert.equal(await version(), 'v2', 'a parked release takes no traffic');
+
+    const back = await cli('--previous');
+    assert.equal(back.code, 0, back.stderr);
+    assert.match(back.stdout, /brought parked shop r1 back/);
+    for (let i = 0; i < 10; i++) {
+      const answer = await get(port, '/');
+      assert.equal(answer.body, `v1 ${parkedPid}`, 'the very same process answers again');
+    }
   });
 });
 

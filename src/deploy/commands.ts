@@ -2,14 +2,15 @@
 // result object (printed as one line, a table, or --json by src/cli.ts).
 import fs from 'node:fs';
 import os from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { DeployError, usageError } from '../errors';
 import { ensureAddon } from '../native';
 import type { KeeperStatus } from '../protocol';
 import { appName, resolveEntry, withApp, type ResolvedEntry } from './app';
-import { cutover, type CutoverResult } from './cutover';
-import { keeperDrain, tryKeeperStatus } from './keeper-client';
-import { logFileOf, logTail, waitGone } from './instances';
+import { cutover, unpark, type CutoverResult } from './cutover';
+import { keeperDrain, keeperStop, tryKeeperStatus } from './keeper-client';
+import { killKeeperGroup, logFileOf, logTail, waitGone } from './instances';
 import { tryLock } from './lock';
 import { appPaths, type AppPaths } from './paths';
 import { repairState } from './repair';
@@ -40,6 +41,7 @@ export interface DeployInput {
   healthTimeoutMs: number;
   drainTimeoutMs: number;
   handshakeGraceMs: number;
+  parkMs: number;
   keep: number;
   stateDir: string;
   wait: boolean;
@@ -51,6 +53,8 @@ export interface DeployOutcome extends CutoverResult {
   pruned: string[];
   /** `start` found the live release already running and did nothing. */
   alreadyRunning: boolean;
+  /** A parked instance was brought back instead of booting the release. */
+  unparked: boolean;
 }
 
 /** A new release from a snapshot of the entry's app directory. */
@@ -157,6 +161,7 @@ export async function deployCommand(input: DeployInput, progress: Progress): Pro
         snapshot: null,
         pruned: [],
         alreadyRunning: true,
+        unparked: false,
       };
     }
 
@@ -170,19 +175,27 @@ export async function deployCommand(input: DeployInput, progress: Progress): Pro
     }
     writeState(paths.state, state);
 
+    const parked = resolved ? undefined : await parkedInstanceOf(state, release.id);
+    const cutoverOptions = {
+      app: name,
+      host,
+      port,
+      instances: release.instances,
+      health: release.health,
+      healthTimeoutMs: input.healthTimeoutMs,
+      drainTimeoutMs: input.drainTimeoutMs,
+      handshakeGraceMs: input.handshakeGraceMs,
+      parkMs: input.parkMs,
+      env: {},
+    };
+    if (parked) {
+      const result = await unpark(paths, state, parked, cutoverOptions, progress);
+      return { ...result, repaired: repair.notes, snapshot: null, pruned: [], alreadyRunning: false, unparked: true };
+    }
+
     let result: CutoverResult;
     try {
-      result = await cutover(paths, state, release, {
-        app: name,
-        host,
-        port,
-        instances: release.instances,
-        health: release.health,
-        healthTimeoutMs: input.healthTimeoutMs,
-        drainTimeoutMs: input.drainTimeoutMs,
-        handshakeGraceMs: input.handshakeGraceMs,
-        env: {},
-      }, progress);
+      result = await cutover(paths, state, release, cutoverOptions, progress);
     } catch (err) {
       // A new release that never went live is not worth keeping.
       if (resolved) {
@@ -193,8 +206,22 @@ export async function deployCommand(input: DeployInput, progress: Progress): Pro
       throw err;
     }
     const pruned = pruneReleases(paths, state, input.keep);
-    return { ...result, repaired: repair.notes, snapshot: stats, pruned, alreadyRunning: false };
+    return { ...result, repaired: repair.notes, snapshot: stats, pruned, alreadyRunning: false, unparked: false };
   });
+}
+
+/** A parked instance of `release`, once it has finished parking (it may still be draining its last requests). */
+async function parkedInstanceOf(state: AppState, release: string): Promise<Instance | undefined> {
+  const candidate = state.instances.find((i) => i.role === 'parked' && i.release === release);
+  if (!candidate) return undefined;
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    const phase = (await tryKeeperStatus(candidate.controlSocket, 1_000))?.phase;
+    if (phase === 'parked') return candidate;
+    if (phase !== 'draining') return undefined;
+    await sleep(50);
+  }
+  return undefined;
 }
 
 /**
@@ -308,12 +335,20 @@ export async function stopCommand(stateDir: string, name: string, drainTimeoutMs
     const stopped: string[] = [];
     const forced: string[] = [];
     for (const i of s.instances) {
+      if (i.role === 'parked') {
+        await keeperStop(i.controlSocket).catch(() => undefined);
+        continue;
+      }
       progress.phase(`draining ${i.release} (instance ${i.id}, up to ${Math.round(drainTimeoutMs / 1000)} s)`);
       await keeperDrain(i.controlSocket, drainTimeoutMs, 0).catch(() => undefined);
     }
     for (const i of s.instances) {
-      if (await waitGone(i, drainTimeoutMs + 10_000)) stopped.push(i.id);
-      else forced.push(i.id);
+      if (await waitGone(i, drainTimeoutMs + 10_000)) {
+        stopped.push(i.id);
+      } else {
+        killKeeperGroup(i.keeperPid);
+        forced.push(i.id);
+      }
     }
     s.instances = [];
     writeState(paths.state, s);

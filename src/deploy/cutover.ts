@@ -19,7 +19,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DeployError } from '../errors';
 import type { KeeperStatus } from '../protocol';
 import { isHealthy, probe, type HealthRule, type ProbeResult } from './health';
-import { keeperDrain, keeperLive, tryKeeperStatus } from './keeper-client';
+import { keeperDrain, keeperLive, keeperUnpark, tryKeeperStatus } from './keeper-client';
 import { logTail, spawnKeeper, stopInstance, waitForKeeper, type Spawned } from './instances';
 import type { AppPaths } from './paths';
 import type { Progress } from './progress';
@@ -35,6 +35,8 @@ export interface CutoverOptions {
   drainTimeoutMs: number;
   /** Time for handshakes in flight to the old listener to complete before it closes. */
   handshakeGraceMs: number;
+  /** Keep the old release up, closed to traffic, this long for an instant rollback (0: no parking). */
+  parkMs: number;
   env: Record<string, string>;
 }
 
@@ -116,10 +118,10 @@ async function waitHealthy(spawned: Spawned, gated: KeeperStatus, rule: HealthRu
 /** Waits until instances that are draining have left the port's group, so that steering indices stay right. */
 async function waitOldListenersClosed(state: AppState, progress: Progress): Promise<void> {
   const deadline = Date.now() + 15_000;
-  for (const old of state.instances.filter((i) => i.role === 'draining')) {
+  for (const old of state.instances.filter((i) => i.role === 'draining' || i.role === 'parked')) {
     for (;;) {
       const status = await tryKeeperStatus(old.controlSocket, 1_000);
-      if (!status || status.listener === 'closed') break;
+      if (!status || status.listener !== 'listening') break;
       if (Date.now() > deadline) {
         progress.warn(`instance ${old.id} (${old.release}) still has its listener open after 15 s`);
         break;
@@ -171,34 +173,70 @@ export async function cutover(paths: AppPaths, state: AppState, release: Release
     throw err;
   }
 
+  return handOver(paths, state, spawned.instance.id, old, live, options, progress, { started, msToHealthy });
+}
+
+/**
+ * After the new instance accepts: record it as live, and drain (or park)
+ * the one it replaced. Shared by a cutover and an unpark.
+ */
+async function handOver(
+  paths: AppPaths,
+  state: AppState,
+  instanceId: string,
+  old: Instance | undefined,
+  live: KeeperStatus,
+  options: CutoverOptions,
+  progress: Progress,
+  timing: { started: number; msToHealthy: number },
+): Promise<CutoverResult> {
   if (live.steering && live.steering.unknown > 0) {
     progress.warn(
       `${live.steering.unknown} other listener(s) on port ${options.port} belong to no reuse-deploy instance of "${options.app}". ` +
         'They keep receiving their share of connections.',
     );
   }
-  const instance = state.instances.find((i) => i.id === spawned.instance.id) as Instance;
+  const instance = state.instances.find((i) => i.id === instanceId) as Instance;
   instance.role = 'live';
-  if (old) old.role = 'draining';
-  state.liveHistory.push(release.id);
+  if (old) old.role = options.parkMs > 0 ? 'parked' : 'draining';
+  state.liveHistory.push(instance.release);
   writeState(paths.state, state);
 
   if (old) {
-    progress.phase(`draining ${old.release} (up to ${Math.round(options.drainTimeoutMs / 1000)} s, in the background)`);
-    await keeperDrain(old.controlSocket, options.drainTimeoutMs, options.handshakeGraceMs).catch((err) =>
+    progress.phase(
+      options.parkMs > 0
+        ? `parking ${old.release} for ${Math.round(options.parkMs / 1000)} s (closed to traffic; \`--previous\` brings it back at once)`
+        : `draining ${old.release} (up to ${Math.round(options.drainTimeoutMs / 1000)} s, in the background)`,
+    );
+    await keeperDrain(old.controlSocket, options.drainTimeoutMs, options.handshakeGraceMs, options.parkMs).catch((err) =>
       progress.warn(`could not reach the old instance ${old.id} to drain it: ${(err as Error).message}`),
     );
   }
   return {
     app: options.app,
-    release: release.id,
+    release: instance.release,
     instance: instance.id,
     pids: live.apps.map((a) => a.pid ?? -1),
     port: options.port,
     host: options.host,
     previousRelease: old?.release ?? null,
-    msToHealthy,
-    msTotal: Date.now() - started,
+    msToHealthy: timing.msToHealthy,
+    msTotal: Date.now() - timing.started,
     steering: live.steering,
   };
+}
+
+/** Instant rollback: a parked instance listens again (no boot, no health check), and the live one drains. */
+export async function unpark(paths: AppPaths, state: AppState, parked: Instance, options: CutoverOptions, progress: Progress): Promise<CutoverResult> {
+  const started = Date.now();
+  const old = liveInstance(state);
+  await waitOldListenersClosed({ ...state, instances: state.instances.filter((i) => i.id !== parked.id) }, progress);
+  progress.phase(`bringing parked ${parked.release} back on port ${options.port}`);
+  let live: KeeperStatus;
+  try {
+    live = await keeperUnpark(parked.controlSocket, old ? [old.keeperPid] : []);
+  } catch (err) {
+    throw new DeployError('RD_ERR_GO_LIVE', `The parked instance ${parked.id} (${parked.release}) could not listen again: ${(err as Error).message}. ${old ? `${old.release} keeps serving.` : ''}`);
+  }
+  return handOver(paths, state, parked.id, old, live, options, progress, { started, msToHealthy: 0 });
 }

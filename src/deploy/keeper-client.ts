@@ -38,8 +38,13 @@ export function keeperLive(socketPath: string, knownPids: number[]): Promise<Kee
   return call(socketPath, 'POST', '/live', { knownPids }, 15_000);
 }
 
-export function keeperDrain(socketPath: string, timeoutMs: number, graceMs: number): Promise<unknown> {
-  return call(socketPath, 'POST', '/drain', { timeoutMs, graceMs }, 5_000);
+export function keeperUnpark(socketPath: string, knownPids: number[]): Promise<KeeperStatus> {
+  return call(socketPath, 'POST', '/unpark', { knownPids }, 15_000);
+}
+
+/** Starts the drain; with parkMs, the release stays up (closed to traffic) that long for an instant rollback. */
+export function keeperDrain(socketPath: string, timeoutMs: number, graceMs: number, parkMs = 0): Promise<unknown> {
+  return call(socketPath, 'POST', '/drain', { timeoutMs, graceMs, parkMs }, 5_000);
 }
 
 export function keeperStop(socketPath: string): Promise<unknown> {

@@ -30,7 +30,7 @@ export interface Release extends RunSettings {
   externalModules: string | null;
 }
 
-export type InstanceRole = 'starting' | 'live' | 'draining';
+export type InstanceRole = 'starting' | 'live' | 'draining' | 'parked';
 
 export interface Instance {
   id: string;

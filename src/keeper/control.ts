@@ -10,6 +10,7 @@ import type { KeeperStatus } from '../protocol';
 export interface ControlHandlers {
   status(): Promise<KeeperStatus>;
   live(body: Record<string, unknown>): Promise<KeeperStatus>;
+  unpark(body: Record<string, unknown>): Promise<KeeperStatus>;
   drain(body: Record<string, unknown>): void;
   stop(): void;
 }
@@ -42,6 +43,8 @@ export async function serveControl(path: string, handlers: ControlHandlers): Pro
             return reply(res, 200, await handlers.status());
           case 'POST /live':
             return reply(res, 200, await handlers.live(body));
+          case 'POST /unpark':
+            return reply(res, 200, await handlers.unpark(body));
           case 'POST /drain':
             handlers.drain(body);
             return reply(res, 202, { accepted: true });

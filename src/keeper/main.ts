@@ -9,7 +9,7 @@
 // steered elsewhere (or there is nowhere else) and its accept queue is empty.
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { acceptQueue, closeFd, detachSteering, listenFd } from '../native';
+import { acceptQueue, closeFd, detachSteering, listenFd, unlisten } from '../native';
 import { KEEPER_CONFIG_ENV, type KeeperConfig, type KeeperPhase, type KeeperStatus } from '../protocol';
 import { AppProcess } from './apps';
 import { bindDeploySocket, isBindFailure } from './bind';
@@ -40,6 +40,7 @@ const status: KeeperStatus = {
   apps: [],
   error: null,
   steering: null,
+  parkedUntil: null,
 };
 
 let fd = -1;
@@ -107,14 +108,21 @@ async function waitFor(predicate: () => boolean, timeoutMs: number, stepMs = 10)
   return true;
 }
 
-async function goLive(knownPids: number[]): Promise<KeeperStatus> {
-  if (status.phase !== 'gated') throw new Error(`cannot go live in phase ${status.phase}`);
+/**
+ * Joins the port: listen(), steer new connections here, and let the apps
+ * accept. Also brings a parked release back (`unpark`): its socket is still
+ * bound and its apps still run, so nothing boots.
+ */
+async function goLive(knownPids: number[], from: 'gated' | 'parked'): Promise<KeeperStatus> {
+  if (status.phase !== from) throw new Error(`cannot go live from phase ${status.phase}`);
+  if (!apps.every((a) => a.running)) throw new Error('an app process of this release is no longer running');
   const peers = countPeers(address, config!.port, ownInode);
   listenFd(fd, 511);
   status.listener = 'listening';
   // Steer at once, so that the switch is clean: from here on every new
   // connection queues on this socket, and waits the few milliseconds until
   // the app processes take over the fd.
+  status.steering = null;
   if (peers > 0) {
     status.steering = steerToSelf(fd, address, config!.port, ownInode, peers, knownPids);
     log(`steering new connections to group index ${peers} of ${status.steering.groupSize}`);
@@ -122,16 +130,25 @@ async function goLive(knownPids: number[]): Promise<KeeperStatus> {
       log(`warning: ${status.steering.unknown} listener(s) on the port belong to no known release; they keep their share after the old release leaves`);
     }
   }
-  for (const app of apps) app.send({ rd: 'live' });
+  for (const app of apps) app.send({ rd: from === 'gated' ? 'live' : 'unpark' });
   if (!(await waitFor(() => allApps('live'), 10_000))) {
+    // Leave the group again at once: nobody would accept what lands here.
     if (status.steering) detachSteering(fd);
+    unlisten(fd);
+    status.listener = 'bound';
+    status.steering = null;
     throw new Error('the app processes did not start accepting within 10 s');
   }
   if (status.steering) detachWhenAlone(fd, address, config!.port, status.steering.groupSize, () => fd >= 0, log);
+  clearTimeout(parkTimer);
+  status.parkedUntil = null;
+  drained.clear();
   status.liveAt = Date.now();
   setPhase('live');
   return status;
 }
+
+let parkTimer: NodeJS.Timeout | undefined;
 
 /**
  * Leaves the group without resetting queued connections, then lets the apps
@@ -139,8 +156,8 @@ async function goLive(knownPids: number[]): Promise<KeeperStatus> {
  * flight to this socket (SYN_RECV entries are not migrated on close without
  * net.ipv4.tcp_migrate_req, and get a RST when their final ACK arrives).
  */
-async function drain(timeoutMs: number, graceMs: number): Promise<void> {
-  if (status.phase === 'draining' || status.phase === 'closed') return;
+async function drain(timeoutMs: number, graceMs: number, parkMs = 0): Promise<void> {
+  if (status.phase === 'draining' || status.phase === 'closed' || status.phase === 'parked') return;
   const wasLive = status.phase === 'live';
   setPhase('draining');
   if (wasLive && fd >= 0) {
@@ -149,11 +166,29 @@ async function drain(timeoutMs: number, graceMs: number): Promise<void> {
     const emptied = await waitFor(() => acceptQueue(fd).queued === 0, 5_000, 5);
     if (!emptied) log(`warning: accept queue still holds ${acceptQueue(fd).queued} connection(s); closing anyway`);
   }
-  // Our fd goes first; the apps' close of theirs is the one that removes the
-  // socket from the group (inet_csk_listen_stop runs on the last reference).
-  closeListener();
+  const park = parkMs > 0 && wasLive && fd >= 0;
+  // Without parking our fd goes first, and the apps' close of theirs is the
+  // one that removes the socket from the group (inet_csk_listen_stop runs on
+  // the last reference). Parking keeps our fd: the apps close theirs, then
+  // the socket leaves the group but stays bound (unlisten).
+  if (!park) closeListener();
   for (const app of apps) app.send({ rd: 'drain', timeoutMs });
   await waitFor(() => apps.every((a) => !a.running || a.status.state === 'draining'), 5_000);
+  if (park) {
+    unlisten(fd);
+    status.listener = 'bound';
+    status.parkedUntil = Date.now() + parkMs;
+    setPhase('parked');
+    for (const app of apps) if (app.running) app.status.state = 'parked';
+    parkTimer = setTimeout(() => {
+      if (status.phase !== 'parked') return;
+      log('parking time is over; stopping');
+      setPhase('closed');
+      closeListener();
+      void stopApps().then(() => shutdown(0));
+    }, parkMs);
+    return;
+  }
   status.listener = 'closed';
   setPhase('closed');
   await waitFor(() => apps.every((a) => !a.running || drained.has(a.slot)), timeoutMs + 2_000, 50);
@@ -201,9 +236,10 @@ async function main(): Promise<void> {
       status.apps = apps.map((a) => ({ ...a.status }));
       return status;
     },
-    live: (body) => goLive(Array.isArray(body.knownPids) ? body.knownPids.map(Number) : []),
+    live: (body) => goLive(Array.isArray(body.knownPids) ? body.knownPids.map(Number) : [], 'gated'),
+    unpark: (body) => goLive(Array.isArray(body.knownPids) ? body.knownPids.map(Number) : [], 'parked'),
     drain: (body) => {
-      void drain(Number(body.timeoutMs ?? 30_000), Number(body.graceMs ?? 0)).catch((err) => {
+      void drain(Number(body.timeoutMs ?? 30_000), Number(body.graceMs ?? 0), Number(body.parkMs ?? 0)).catch((err) => {
         log(`drain failed: ${(err as Error).message}`);
         shutdown(1);
       });

@@ -21,11 +21,13 @@ export interface Tracked {
   server: net.Server;
   sockets: Set<net.Socket>;
   sessions: Set<Http2Session>;
+  /** Set while draining: answers every request with `Connection: close`. */
+  closeEach: ((req: http.IncomingMessage, res: http.ServerResponse) => void) | null;
 }
 
 /** Remembers every connection (and HTTP/2 session) of `server`, for drain and status. */
 export function track(server: net.Server): Tracked {
-  const tracked: Tracked = { server, sockets: new Set(), sessions: new Set() };
+  const tracked: Tracked = { server, sockets: new Set(), sessions: new Set(), closeEach: null };
   server.prependListener('connection', (socket: net.Socket) => {
     tracked.sockets.add(socket);
     socket.once('close', () => tracked.sockets.delete(socket));
@@ -51,14 +53,20 @@ export function countInflight(tracked: Tracked): number {
   return n;
 }
 
-/** Stops accepting, then lets connections finish. Resolves with the number force-closed. */
-export async function drainServer(tracked: Tracked, timeoutMs: number, onListenerClosed: () => void): Promise<number> {
+/**
+ * Stops accepting, then lets connections finish. Resolves with the number
+ * force-closed, or null if stopClosingConnections() cancelled the drain (the
+ * process was parked and then made live again).
+ */
+export async function drainServer(tracked: Tracked, timeoutMs: number, onListenerClosed: () => void): Promise<number | null> {
   const { server, sockets, sessions } = tracked;
   const httpServer = server as net.Server & { keepAliveTimeout?: number };
 
-  server.prependListener('request', (_req: http.IncomingMessage, res: http.ServerResponse) => {
+  const closeEach = (_req: http.IncomingMessage, res: http.ServerResponse): void => {
     res.shouldKeepAlive = false;
-  });
+  };
+  tracked.closeEach = closeEach;
+  server.prependListener('request', closeEach);
   const idleMs = Math.max(1, httpServer.keepAliveTimeout || 5000);
   for (const socket of sockets) {
     const res = currentResponse(socket);
@@ -74,6 +82,7 @@ export async function drainServer(tracked: Tracked, timeoutMs: number, onListene
 
   const deadline = Date.now() + timeoutMs;
   while (sockets.size > 0 || sessions.size > 0) {
+    if (tracked.closeEach !== closeEach) return null;
     if (Date.now() >= deadline) {
       const forced = sockets.size + sessions.size;
       for (const session of sessions) session.destroy();
@@ -83,4 +92,10 @@ export async function drainServer(tracked: Tracked, timeoutMs: number, onListene
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   return 0;
+}
+
+/** Undoes drainServer's request hook, for a parked server that serves again. */
+export function stopClosingConnections(tracked: Tracked): void {
+  if (tracked.closeEach) tracked.server.removeListener('request', tracked.closeEach);
+  tracked.closeEach = null;
 }

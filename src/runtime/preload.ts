@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import { APP_LISTEN_FD, ENV, type AppMessage, type KeeperMessage } from '../protocol';
-import { countInflight, drainServer, track, type Tracked } from './drain';
+import { countInflight, drainServer, stopClosingConnections, track, type Tracked } from './drain';
 import { parseListenArgs, type ListenCall } from './listen-args';
 
 interface RuntimeConfig {
@@ -41,6 +41,7 @@ function send(message: AppMessage): void {
 }
 
 function install(config: RuntimeConfig): void {
+  const channel = process.channel as { ref?: () => void; unref?: () => void } | undefined;
   let gated: { tracked: Tracked; call: ListenCall } | null = null;
   let probe: net.Server | null = null;
   let draining = false;
@@ -68,8 +69,12 @@ function install(config: RuntimeConfig): void {
       send({ rd: 'live' });
     });
     // Node calls listen(2) again on the keeper's socket, which is already
-    // listening: that only updates the backlog (inet_listen).
-    const options = call.backlog === undefined ? { fd: APP_LISTEN_FD } : { fd: APP_LISTEN_FD, backlog: call.backlog };
+    // listening: that only updates the backlog (inet_listen). The server gets
+    // a duplicate of fd 4, so that closing it (drain) leaves fd 4 for a later
+    // go-live of a parked process.
+    const native = require('../native') as typeof import('../native');
+    const fd = native.dupFd(APP_LISTEN_FD);
+    const options = call.backlog === undefined ? { fd } : { fd, backlog: call.backlog };
     originalListen.call(server, options, call.callback);
   }
 
@@ -120,10 +125,19 @@ function install(config: RuntimeConfig): void {
   process.on('message', (message: KeeperMessage) => {
     if (typeof message !== 'object' || message === null) return;
     if (message.rd === 'live') goLive();
+    else if (message.rd === 'unpark' && draining && gated) {
+      stopClosingConnections(gated.tracked);
+      draining = false;
+      channel?.unref?.();
+      goLive();
+    }
     else if (message.rd === 'stats') {
       send({ rd: 'stats', connections: gated?.tracked.sockets.size ?? 0, inflight: gated ? countInflight(gated.tracked) : 0 });
     } else if (message.rd === 'drain' && !draining) {
       draining = true;
+      // Stay up once the server is closed: the keeper decides when this
+      // process ends (SIGTERM after the drain), or parks it for a rollback.
+      channel?.ref?.();
       // The app's hook for long-lived streams: process.on('reuse-deploy:drain', ...).
       (process as EventEmitter).emit('reuse-deploy:drain');
       if (!gated) {
@@ -131,13 +145,13 @@ function install(config: RuntimeConfig): void {
         return;
       }
       probe?.close();
-      void drainServer(gated.tracked, message.timeoutMs, () => send({ rd: 'listener-closed' })).then((forced) =>
-        send({ rd: 'drained', forced }),
-      );
+      void drainServer(gated.tracked, message.timeoutMs, () => send({ rd: 'listener-closed' })).then((forced) => {
+        if (forced !== null) send({ rd: 'drained', forced });
+      });
     }
   });
   // The IPC channel must not keep an app alive that would otherwise exit.
-  (process.channel as { unref?: () => void } | undefined)?.unref?.();
+  channel?.unref?.();
 }
 
 const config = readConfig();

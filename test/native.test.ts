@@ -1,0 +1,352 @@
+// The native addon through its single loader (src/native.ts): real sockets,
+// real locks, real peer credentials; and the loader's RD_ERR_ADDON report.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
+import {
+  acceptQueue,
+  addonPath,
+  attachSteering,
+  bindReusePort,
+  closeFd,
+  detachSteering,
+  ensureAddon,
+  flock,
+  listenFd,
+  peerCredentials,
+  type SystemError,
+} from '../src/native';
+import { freePort, ROOT } from './helpers';
+
+const openFds: number[] = [];
+const clients: net.Socket[] = [];
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'rd-native-'));
+
+after(() => {
+  for (const c of clients.splice(0)) c.destroy();
+  for (const fd of openFds.splice(0)) {
+    try {
+      closeFd(fd);
+    } catch {
+      // already closed
+    }
+  }
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+function bound(address: string, port: number): number {
+  const fd = bindReusePort(address, port);
+  openFds.push(fd);
+  return fd;
+}
+
+function close(fd: number): void {
+  openFds.splice(openFds.indexOf(fd), 1);
+  closeFd(fd);
+}
+
+function connect(port: number, host = '127.0.0.1'): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ port, host });
+    clients.push(socket);
+    socket.once('connect', () => resolve(socket));
+    socket.once('error', reject);
+  });
+}
+
+/** Throws unless `fn` throws a SystemError with this code. */
+function assertSystemError(fn: () => unknown, code: string): SystemError {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (err) {
+    caught = err;
+  }
+  assert.ok(caught instanceof Error, `expected ${code}, nothing was thrown`);
+  const e = caught as SystemError;
+  assert.equal(e.code, code, e.message);
+  assert.equal(typeof e.errno, 'number');
+  assert.equal(typeof e.syscall, 'string');
+  return e;
+}
+
+const hasIPv6 = (() => {
+  try {
+    return fs.readFileSync('/proc/net/if_inet6', 'utf8').split('\n').some((l) => l.startsWith('00000000000000000000000000000001'));
+  } catch {
+    return false;
+  }
+})();
+
+describe('addon', () => {
+  test('loads, from the package (no override)', (t) => {
+    ensureAddon();
+    const file = addonPath();
+    assert.ok(fs.statSync(file).isFile(), file);
+    t.diagnostic(`addon: ${path.relative(ROOT, file)}`);
+    if (!process.env.REUSE_DEPLOY_ADDON) {
+      assert.ok(file.startsWith(path.join(ROOT, 'prebuilds')) || file.startsWith(path.join(ROOT, 'build')), file);
+    }
+  });
+
+  test('the committed prebuild is built from the current native/ sources and loads here', () => {
+    const dir = path.join(ROOT, 'prebuilds', `${process.platform}-${process.arch}`);
+    if (!fs.existsSync(dir)) {
+      assert.notEqual(`${process.platform}-${process.arch}`, 'linux-x64', 'prebuilds/linux-x64/ must be committed (npm run prebuildify)');
+      return;
+    }
+    const script = require(path.join(ROOT, 'scripts', 'prebuild.js')) as {
+      sourceHashes(): Record<string, string>;
+      declaredExports(): string[];
+    };
+    const record = JSON.parse(fs.readFileSync(path.join(dir, 'sources.json'), 'utf8')) as {
+      file: string;
+      sha256: string;
+      sources: Record<string, string>;
+    };
+    const stale = 'the prebuild is stale: run `npm run prebuildify` and commit prebuilds/';
+    assert.deepEqual(record.sources, script.sourceHashes(), stale);
+    const file = path.join(dir, record.file);
+    assert.equal(crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex'), record.sha256, `${file} is not the file sources.json describes; ${stale}`);
+    assert.deepEqual(fs.readdirSync(dir).filter((f) => f.endsWith('.node')), [record.file], 'one prebuild per platform');
+    const mod = { exports: {} as Record<string, unknown> };
+    process.dlopen(mod, file);
+    for (const name of script.declaredExports()) assert.equal(typeof mod.exports[name], 'function', `${name} missing from ${file}; ${stale}`);
+  });
+});
+
+describe('bindReusePort', () => {
+  test('127.0.0.1: an fd that listens and takes connections', async () => {
+    const port = await freePort();
+    const fd = bound('127.0.0.1', port);
+    assert.ok(Number.isInteger(fd) && fd > 2, `fd ${fd}`);
+    listenFd(fd, 16);
+    await connect(port);
+    assert.equal(acceptQueue(fd).queued, 1);
+    close(fd);
+  });
+
+  test(':: is dual-stack: an IPv4 client connects after listenFd', { skip: !hasIPv6 && 'no IPv6 loopback here' }, async () => {
+    const port = await freePort();
+    const fd = bound('::', port);
+    assert.ok(Number.isInteger(fd) && fd > 2, `fd ${fd}`);
+    listenFd(fd, 16);
+    await connect(port, '127.0.0.1');
+    await connect(port, '::1');
+    assert.equal(acceptQueue(fd).queued, 2);
+    close(fd);
+  });
+
+  test('EADDRINUSE, with code, errno and syscall, when a plain node listener holds the port', async () => {
+    const server = net.createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as net.AddressInfo;
+    try {
+      const e = assertSystemError(() => bindReusePort('127.0.0.1', port), 'EADDRINUSE');
+      assert.match(e.syscall, /bind/);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  test('EACCES for port 80 as a non-root user', (t) => {
+    const start = Number(fs.readFileSync('/proc/sys/net/ipv4/ip_unprivileged_port_start', 'utf8'));
+    if (!(start > 80)) return t.skip(`ip_unprivileged_port_start is ${start}: port 80 is not privileged here`);
+    const script = `
+      const native = require(${JSON.stringify(path.join(ROOT, 'dist', 'src', 'native.js'))});
+      try { native.bindReusePort('127.0.0.1', 80); console.log('BOUND'); }
+      catch (e) { console.log(e.code === 'RD_ERR_ADDON' ? 'NOADDON' : 'CODE ' + e.code); }`;
+    const asNobody = process.getuid?.() === 0;
+    const run = spawnSync(process.execPath, ['-e', script], {
+      encoding: 'utf8',
+      timeout: 20_000,
+      ...(asNobody ? { uid: 65534, gid: 65534 } : {}),
+    });
+    if (asNobody && !/^(CODE|BOUND|NOADDON)/m.test(run.stdout)) {
+      return t.skip(`user nobody cannot run the package here: ${(run.stderr || run.stdout).split('\n')[0]}`);
+    }
+    if (run.stdout.includes('NOADDON')) return t.skip('user nobody cannot read the addon');
+    assert.match(run.stdout, /^CODE EACCES$/m, run.stderr);
+  });
+});
+
+describe('listening fd', () => {
+  test('acceptQueue reports connections nobody accepted', async () => {
+    const port = await freePort();
+    const fd = bound('127.0.0.1', port);
+    assert.equal(acceptQueue(fd).listening, false);
+    listenFd(fd, 16);
+    const before = acceptQueue(fd);
+    assert.deepEqual(before, { listening: true, queued: 0, backlog: 16 });
+    for (let i = 0; i < 3; i++) await connect(port);
+    assert.deepEqual(acceptQueue(fd), { listening: true, queued: 3, backlog: 16 });
+    close(fd);
+  });
+
+  test('attachSteering sends new connections to the chosen member; detachSteering undoes it', async () => {
+    const port = await freePort();
+    const first = bound('127.0.0.1', port);
+    listenFd(first, 64);
+    const second = bound('127.0.0.1', port);
+    listenFd(second, 64); // joined second: index 1
+
+    attachSteering(first, 1);
+    for (let i = 0; i < 4; i++) await connect(port);
+    assert.equal(acceptQueue(first).queued, 0);
+    assert.equal(acceptQueue(second).queued, 4);
+
+    attachSteering(second, 0); // either member replaces the group's program
+    for (let i = 0; i < 3; i++) await connect(port);
+    assert.equal(acceptQueue(first).queued, 3);
+    assert.equal(acceptQueue(second).queued, 4);
+
+    detachSteering(first);
+    detachSteering(first); // nothing attached: not an error
+    for (let i = 0; i < 20; i++) await connect(port);
+    assert.equal(acceptQueue(first).queued + acceptQueue(second).queued, 27);
+    close(first);
+    close(second);
+  });
+
+  test('attachSteering on a socket that is not in a reuseport group fails with a code', () => {
+    const fd = fs.openSync(path.join(tmp, 'not-a-socket'), 'w');
+    try {
+      assertSystemError(() => attachSteering(fd, 0), 'ENOTSOCK');
+    } finally {
+      fs.closeSync(fd);
+    }
+  });
+});
+
+describe('flock', () => {
+  test('a second exclusive holder is refused; released by unlock or close', () => {
+    const file = path.join(tmp, 'lock');
+    fs.writeFileSync(file, '');
+    const a = fs.openSync(file, 'r+');
+    const b = fs.openSync(file, 'r+');
+    try {
+      assert.equal(flock(a, true, false), true);
+      assert.equal(flock(b, true, false), false, 'second open file description');
+      assert.equal(flock(a, true, false), true, 'the holder may take it again');
+      assert.equal(flock(a, false, false), true, 'unlock');
+      assert.equal(flock(b, true, false), true);
+      fs.closeSync(b);
+      assert.equal(flock(a, true, false), true, 'closing the holder releases it');
+    } finally {
+      fs.closeSync(a);
+      try {
+        fs.closeSync(b);
+      } catch {
+        // closed above
+      }
+    }
+  });
+});
+
+describe('peerCredentials', () => {
+  test("a unix socket connection reports this process's uid and pid", async () => {
+    const sock = path.join(tmp, 'peer.sock');
+    const server = net.createServer();
+    const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+    await new Promise<void>((resolve) => server.listen(sock, resolve));
+    const client = net.connect(sock);
+    clients.push(client);
+    const conn = await accepted;
+    try {
+      const fd = (conn as net.Socket & { _handle?: { fd?: number } })._handle?.fd;
+      assert.ok(typeof fd === 'number' && fd >= 0, 'server-side fd');
+      const cred = peerCredentials(fd);
+      assert.equal(cred.pid, process.pid);
+      assert.equal(cred.uid, process.getuid!());
+      assert.equal(cred.gid, process.getgid!());
+    } finally {
+      conn.destroy();
+      client.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+});
+
+describe('RD_ERR_ADDON', () => {
+  const nativeJs = path.join(ROOT, 'dist', 'src', 'native.js');
+
+  /** Loads the addon in a fresh node process (fresh module cache); the error as JSON. */
+  function loadInChild(env: NodeJS.ProcessEnv, entry = nativeJs): { code?: string; message?: string; tried?: string[]; loaded?: string } {
+    const script = `
+      try { console.log(JSON.stringify({ loaded: require(${JSON.stringify(entry)}).addonPath() })); }
+      catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message, tried: e.details && e.details.tried })); }`;
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env, timeout: 20_000 });
+    assert.equal(run.status, 0, run.stderr);
+    return JSON.parse(run.stdout);
+  }
+
+  test('REUSE_DEPLOY_ADDON pointing at a bad file: RD_ERR_ADDON naming that file, no fallback', () => {
+    const bad = path.join(tmp, 'bad.node');
+    fs.writeFileSync(bad, 'not an ELF file\n');
+    const result = loadInChild({ ...process.env, REUSE_DEPLOY_ADDON: bad });
+    assert.equal(result.code, 'RD_ERR_ADDON', JSON.stringify(result));
+    assert.ok(result.message!.includes(bad), result.message);
+    assert.match(result.message!, /REUSE_DEPLOY_ADDON/);
+    assert.deepEqual(result.tried!.length, 1);
+
+    const missing = path.join(tmp, 'nowhere', 'reuse_deploy.node');
+    const gone = loadInChild({ ...process.env, REUSE_DEPLOY_ADDON: missing });
+    assert.equal(gone.code, 'RD_ERR_ADDON');
+    assert.ok(gone.message!.includes(`${missing}: missing`), gone.message);
+  });
+
+  test('REUSE_DEPLOY_ADDON pointing at a good file is used', () => {
+    const good = path.join(tmp, 'copy.node');
+    fs.copyFileSync(addonPath(), good);
+    assert.equal(loadInChild({ ...process.env, REUSE_DEPLOY_ADDON: good }).loaded, good);
+  });
+
+  test('the CLI exits 4 with RD_ERR_ADDON before starting anything', () => {
+    const bad = path.join(tmp, 'bad2.node');
+    fs.writeFileSync(bad, '');
+    const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'rd-'));
+    try {
+      const run = spawnSync(
+        process.execPath,
+        [path.join(ROOT, 'dist', 'src', 'cli.js'), path.join(ROOT, 'test', 'fixtures', 'app.js'), '--port', '1', '--host', '127.0.0.1', '--name', 'addon', '--state-dir', stateDir],
+        { encoding: 'utf8', env: { ...process.env, CI: 'true', REUSE_DEPLOY_ADDON: bad }, timeout: 30_000 },
+      );
+      assert.equal(run.status, 4, run.stderr);
+      assert.match(run.stderr, /RD_ERR_ADDON/);
+      assert.ok(run.stderr.includes(bad), run.stderr);
+      assert.equal(fs.existsSync(path.join(stateDir, 'addon', 'state.json')), false);
+    } finally {
+      fs.rmSync(stateDir, { recursive: true, force: true });
+    }
+  });
+
+  test('no prebuild for this platform, no source build, no compiler: says what is missing and what to install', () => {
+    // A copy of the loader in a package root without prebuilds/ or build/, and a PATH with only node.
+    const pkg = path.join(tmp, 'pkg');
+    fs.mkdirSync(path.join(pkg, 'dist', 'src'), { recursive: true });
+    for (const f of ['native.js', 'errors.js']) fs.copyFileSync(path.join(ROOT, 'dist', 'src', f), path.join(pkg, 'dist', 'src', f));
+    fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(pkg, 'package.json'));
+    fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(pkg, 'node_modules'));
+    fs.mkdirSync(path.join(pkg, 'prebuilds', 'plan9-mips'), { recursive: true });
+    const bin = path.join(tmp, 'bin');
+    fs.mkdirSync(bin);
+    fs.symlinkSync(process.execPath, path.join(bin, 'node'));
+    const env: NodeJS.ProcessEnv = { ...process.env, PATH: bin };
+    delete env.REUSE_DEPLOY_ADDON;
+    delete env.CXX;
+    delete env.PYTHON;
+    delete env.npm_config_python;
+    const result = loadInChild(env, path.join(pkg, 'dist', 'src', 'native.js'));
+    assert.equal(result.code, 'RD_ERR_ADDON', JSON.stringify(result));
+    const platform = `${process.platform}-${process.arch}`;
+    assert.match(result.message!, new RegExp(`no prebuild for ${platform}, no source build and no compiler \\(python3, make, g\\+\\+ not on PATH\\)`));
+    assert.match(result.message!, /prebuilds exist for plan9-mips/);
+    assert.match(result.message!, /Install python3, make and g\+\+, then run `cd .* && npm run install`/);
+    assert.ok(result.message!.includes(path.join(pkg, 'build', 'Release', 'reuse_deploy.node')), result.message);
+  });
+});
