@@ -9,6 +9,9 @@ import { cpuCount, deployCommand, releasesCommand, statusCommand, stopCommand, t
 import { parseDuration, parseEnv, parseHealthPath, parseInstances, parseKeep, parsePort, resolveHost } from './deploy/options';
 import { defaultStateDir } from './deploy/paths';
 import { createProgress, type Progress } from './deploy/progress';
+import { resolveEntry } from './deploy/app';
+import { loadConfig } from './deploy/config';
+import { doctorCommand, formatDoctor } from './deploy/doctor';
 import { formatReleases, formatStatus } from './deploy/format';
 import { logFileFor, printLogs } from './deploy/logs';
 
@@ -129,6 +132,12 @@ cli
       flags,
       async (progress) => {
         if (sources > 1) throw usageError('Give one of: an entry file, --previous, or --release <id>.');
+        if (entry !== undefined) {
+          // Defaults from the app's config file; flags given on the command line win.
+          const config = loadConfig(resolveEntry(entry, flags.root === undefined ? undefined : String(flags.root)).root);
+          for (const [key, value] of Object.entries(config.flags)) if (flags[key] === undefined) flags[key] = value;
+          if (config.file) progress.info(`using settings from ${config.file}`);
+        }
         const list = (v: unknown): string[] | undefined => (v === undefined ? undefined : ([] as unknown[]).concat(v).map(String));
         const appArgs = [...args, ...((flags['--'] as string[] | undefined) ?? [])].map(String);
         return deployCommand(
@@ -247,6 +256,23 @@ cli
       (progress) => stopCommand(stateDirOf(flags), nameOf(flags), parseDuration('drain-timeout', flags.drainTimeout, 30_000), Boolean(flags.wait), progress),
       (r) => `stopped ${r.app}: ${r.stopped.length} instance(s) drained${r.forced.length ? `, ${r.forced.length} killed after the timeout` : ''}`,
     );
+  });
+
+cli
+  .command('doctor', 'Check that this host can run zero-downtime deploys, and say how to fix what is missing')
+  .option('--port <port>', 'Also check that this port may be bound')
+  .option('--state-dir <dir>', 'State directory')
+  .option('--json', 'Print one JSON object')
+  .example('reuse-deploy doctor --port 443')
+  .action(async (flags: GlobalFlags & Record<string, unknown>) => {
+    try {
+      const report = await doctorCommand({ stateDir: stateDirOf(flags), port: flags.port === undefined ? undefined : parsePort(flags.port) });
+      if (flags.json) process.stdout.write(`${JSON.stringify(report)}\n`);
+      else process.stdout.write(`${formatDoctor(report)}\n`);
+      process.exit(report.ok ? EXIT.ok : EXIT.environment);
+    } catch (err) {
+      fail(flags, err);
+    }
   });
 
 cli.help();

@@ -30,10 +30,13 @@ function plain(quiet: boolean): Progress {
 
 export async function createProgress(options: ProgressOptions): Promise<Progress> {
   const quiet = Boolean(options.quiet || options.json);
-  const tty = process.stderr.isTTY === true && !process.env.CI;
+  // A terminal of unknown width (columns 0, e.g. under `script` without a
+  // window size) would make the spinner's redraw arithmetic meaningless.
+  const tty = process.stderr.isTTY === true && !process.env.CI && (process.stderr.columns ?? 0) > 0;
   if (quiet || !tty) return plain(quiet);
   const { default: ora } = await import('ora');
-  const spinner = ora({ stream: process.stderr, discardStdin: false });
+  // NO_COLOR (no-color.org): the symbols follow it by themselves, the spinner's own colour is ours to turn off.
+  const spinner = ora({ stream: process.stderr, discardStdin: false, color: process.env.NO_COLOR ? false : 'cyan' });
   return {
     phase: (text) => {
       if (spinner.isSpinning) spinner.succeed();

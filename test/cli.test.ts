@@ -1,0 +1,153 @@
+// The CLI as a user meets it: help, version, output modes, config file.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, test } from 'node:test';
+import { CLI, cleanup, fixture, freePort, get, remember, runCli, tempStateDir } from './helpers';
+
+let stateDir: string;
+let port: number;
+
+beforeEach(async () => {
+  stateDir = tempStateDir();
+  port = await freePort();
+});
+afterEach(() => cleanup(stateDir));
+
+/** Runs the CLI under a pseudo-terminal (util-linux `script`), as a person at a terminal would. */
+function runInTty(args: string[], env: NodeJS.ProcessEnv = {}): Promise<string> {
+  const command = [process.execPath, CLI, ...args].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ');
+  return new Promise((resolve, reject) => {
+    const base = { ...process.env };
+    delete base.CI; // CI=anything means "not interactive" to ora
+    // `script` gives the terminal no size; a person's terminal has one.
+    const child = spawn('script', ['-qec', `stty cols 120 rows 40; ${command}`, '/dev/null'], { env: { ...base, TERM: 'xterm-256color', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    child.on('error', reject);
+    child.on('close', () => resolve(out));
+  });
+}
+
+const deployArgs = () => [fixture('app.js'), '--port', String(port), '--host', '127.0.0.1', '--name', 'app', '--state-dir', stateDir];
+
+describe('help and version', () => {
+  test('--help lists every command and shows examples', async () => {
+    const r = await runCli(['--help']);
+    assert.equal(r.code, 0);
+    for (const word of ['status', 'stop', 'start', 'releases', 'logs', 'doctor', '--previous', '--park', 'Examples:']) assert.ok(r.stdout.includes(word), `help mentions ${word}`);
+  });
+
+  test('every command has --help with an example', async () => {
+    for (const command of ['status', 'stop', 'start', 'releases', 'logs', 'doctor']) {
+      const r = await runCli([command, '--help']);
+      assert.equal(r.code, 0, command);
+      assert.match(r.stdout, /Examples:\n\s*reuse-deploy /, `${command} --help has an example`);
+    }
+  });
+
+  test('--version prints the package version', async () => {
+    const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8'));
+    const r = await runCli(['--version']);
+    assert.equal(r.code, 0);
+    assert.ok(r.stdout.includes(pkg.version));
+  });
+});
+
+describe('output', () => {
+  test('--json: one JSON object on stdout and nothing else', async () => {
+    const r = await runCli([...deployArgs(), '--json']);
+    remember(stateDir, 'app');
+    assert.equal(r.code, 0, r.stderr);
+    const lines = r.stdout.trim().split('\n');
+    assert.equal(lines.length, 1);
+    const result = JSON.parse(lines[0]!);
+    assert.equal(result.ok, true);
+    assert.equal(result.release, 'r1');
+    assert.equal(typeof result.msToHealthy, 'number');
+    assert.equal(result.pids.length, 1);
+  });
+
+  test('--json failure: ok false with code and exit code', async () => {
+    const r = await runCli([fixture('crash-on-boot.js'), '--port', String(port), '--host', '127.0.0.1', '--name', 'app', '--state-dir', stateDir, '--json']);
+    assert.equal(r.code, 1);
+    const result = JSON.parse(r.stdout);
+    assert.equal(result.ok, false);
+    assert.equal(result.error.code, 'RD_ERR_BOOT_CRASH');
+    assert.equal(result.error.exitCode, 1);
+    assert.match(result.error.logTail, /cannot connect to the database/);
+  });
+
+  test('without a TTY: plain timestamped progress lines on stderr, the summary on stdout', async () => {
+    const r = await runCli(deployArgs());
+    remember(stateDir, 'app');
+    assert.equal(r.code, 0);
+    assert.match(r.stdout, /^deployed app r1 /);
+    const lines = r.stderr.trim().split('\n');
+    assert.ok(lines.length >= 3);
+    for (const line of lines) assert.match(line, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z /);
+    assert.ok(!r.stderr.includes('\u001b['), 'no escape sequences');
+  });
+
+  test('--quiet prints nothing but warnings on success', async () => {
+    const r = await runCli([...deployArgs(), '--quiet']);
+    remember(stateDir, 'app');
+    assert.equal(r.code, 0);
+    assert.equal(r.stdout, '');
+    // test/fixtures has no node_modules of its own: that one warning remains
+    for (const line of r.stderr.trim().split('\n').filter(Boolean)) assert.match(line, / warning: /);
+  });
+
+  test('on a TTY: a spinner with phase names; NO_COLOR turns colour off', async () => {
+    const colored = await runInTty(deployArgs(), { FORCE_COLOR: '1' });
+    remember(stateDir, 'app');
+    assert.match(colored, /checking health of r1/);
+    assert.match(colored, /[✔√]/, 'finished phases are ticked');
+    assert.match(colored, /\u001b\[32m/, 'green ticks by default');
+    const plain = await runInTty(deployArgs(), { NO_COLOR: '1' });
+    remember(stateDir, 'app');
+    assert.match(plain, /deployed app r2/);
+    assert.doesNotMatch(plain, /\u001b\[3\dm/, 'no colour with NO_COLOR');
+  });
+});
+
+describe('config file', () => {
+  let appDir: string;
+  beforeEach(() => {
+    appDir = fs.mkdtempSync(path.join(os.tmpdir(), 'rd-cfg-'));
+    fs.copyFileSync(fixture('app.js'), path.join(appDir, 'server.js'));
+  });
+  afterEach(() => fs.rmSync(appDir, { recursive: true, force: true }));
+
+  test('reuse-deploy.config.json gives port, health, env; flags override it', async () => {
+    fs.writeFileSync(path.join(appDir, 'package.json'), JSON.stringify({ name: 'cfg' }));
+    fs.writeFileSync(
+      path.join(appDir, 'reuse-deploy.config.json'),
+      JSON.stringify({ port, host: '127.0.0.1', health: '/healthz', healthTimeout: '10s', env: { APP_VERSION: 'from-config' } }),
+    );
+    const r = await runCli([path.join(appDir, 'server.js'), '--state-dir', stateDir]);
+    remember(stateDir, 'cfg');
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /using settings from .*reuse-deploy\.config\.json/);
+    assert.match((await get(port, '/')).body, /^from-config /);
+    const r2 = await runCli([path.join(appDir, 'server.js'), '--state-dir', stateDir, '--env', 'APP_VERSION=from-flag']);
+    remember(stateDir, 'cfg');
+    assert.equal(r2.code, 0, r2.stderr);
+    assert.match((await get(port, '/')).body, /^from-flag /);
+  });
+
+  test('a reuseDeploy key in package.json works too; unknown keys are errors', async () => {
+    fs.writeFileSync(path.join(appDir, 'package.json'), JSON.stringify({ name: 'cfg', reuseDeploy: { port, host: '127.0.0.1', healthTimout: '5s' } }));
+    const bad = await runCli([path.join(appDir, 'server.js'), '--state-dir', stateDir]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /unknown key "healthTimout"/);
+    fs.writeFileSync(path.join(appDir, 'package.json'), JSON.stringify({ name: 'cfg', reuseDeploy: { port, host: '127.0.0.1' } }));
+    const good = await runCli([path.join(appDir, 'server.js'), '--state-dir', stateDir]);
+    remember(stateDir, 'cfg');
+    assert.equal(good.code, 0, good.stderr);
+    assert.equal((await get(port, '/')).status, 200);
+  });
+});
