@@ -22,6 +22,11 @@ interface RuntimeConfig {
 
 const originalListen = net.Server.prototype.listen;
 
+/** The addon, loaded on first use: an app that is not started by a keeper never loads it. */
+function native(): typeof import('../native') {
+  return require('../native') as typeof import('../native');
+}
+
 function readConfig(): RuntimeConfig | null {
   const keeperPid = Number(process.env[ENV.keeperPid]);
   // Only the keeper's direct children: a process the app forks inherits our
@@ -52,7 +57,16 @@ function install(config: RuntimeConfig): void {
     } catch {
       // not there: fine
     }
-    probe = net.createServer((socket) => server.emit('connection', socket));
+    // The socket is 0600 in a 0700 directory; the peer's uid is checked as
+    // well (SO_PEERCRED), so that only this user or root can reach the app
+    // through it.
+    const uid = process.getuid?.();
+    probe = net.createServer((socket) => {
+      const fd = (socket as net.Socket & { _handle?: { fd?: number } })._handle?.fd ?? -1;
+      const peer = fd >= 0 ? native().peerCredentials(fd).uid : -1;
+      if (peer !== uid && peer !== 0) socket.destroy();
+      else server.emit('connection', socket);
+    });
     originalListen.call(probe, config.probeSocket, () => fs.chmodSync(config.probeSocket, 0o600));
   }
 
@@ -72,8 +86,7 @@ function install(config: RuntimeConfig): void {
     // listening: that only updates the backlog (inet_listen). The server gets
     // a duplicate of fd 4, so that closing it (drain) leaves fd 4 for a later
     // go-live of a parked process.
-    const native = require('../native') as typeof import('../native');
-    const fd = native.dupFd(APP_LISTEN_FD);
+    const fd = native().dupFd(APP_LISTEN_FD);
     const options = call.backlog === undefined ? { fd } : { fd, backlog: call.backlog };
     originalListen.call(server, options, call.callback);
   }
@@ -98,11 +111,9 @@ function install(config: RuntimeConfig): void {
   function listenShared(server: net.Server, call: ListenCall, args: unknown[]): net.Server {
     const host = call.host ?? '::';
     if (net.isIP(host) === 0) return originalListen.apply(server, args as Parameters<typeof originalListen>);
-    // Loaded only here, so apps with a single port never load the addon.
-    const native = require('../native') as typeof import('../native');
     let fd: number;
     try {
-      fd = native.bindReusePort(host, call.port ?? 0);
+      fd = native().bindReusePort(host, call.port ?? 0);
     } catch (err) {
       if (call.host === undefined && (err as NodeJS.ErrnoException).code === 'EAFNOSUPPORT') {
         return listenShared(server, { ...call, host: '0.0.0.0' }, args);
