@@ -2,7 +2,14 @@
 // cac wiring only: parse flags, call into src/deploy, print the result, exit
 // with the documented code (src/errors.ts).
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+
+// The CLI serves no traffic: let the live version have the CPU first. Only
+// as root, because the keeper this starts inherits the value and must be
+// able to return to 0 (see setBootPriority in src/keeper/main.ts).
+if (process.getuid?.() === 0) os.setPriority(10);
+
 import { cac } from 'cac';
 import { DeployError, EXIT, toDeployError, usageError } from './errors';
 import { cpuCount, deployCommand, releasesCommand, statusCommand, stopCommand, type DeployOutcome, type StatusOutcome } from './deploy/commands';

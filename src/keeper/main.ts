@@ -8,6 +8,7 @@
 // health check; and it leaves the group only after new connections are
 // steered elsewhere (or there is nowhere else) and its accept queue is empty.
 import fs from 'node:fs';
+import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { acceptQueue, closeFd, detachSteering, listenFd, unlisten } from '../native';
 import { KEEPER_CONFIG_ENV, type KeeperConfig, type KeeperPhase, type KeeperStatus } from '../protocol';
@@ -145,10 +146,29 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked'): Promise<Ke
   drained.clear();
   status.liveAt = Date.now();
   setPhase('live');
+  setBootPriority(false);
   return status;
 }
 
 let parkTimer: NodeJS.Timeout | undefined;
+
+/**
+ * On a small host a booting Node process competes with the live one for
+ * CPU, which shows in the live version's tail latency. Until go-live the
+ * keeper and its apps run at nice 10; at go-live they return to 0. Only
+ * root may lower a nice value again, so others leave priorities alone.
+ */
+const RENICE = process.getuid?.() === 0;
+function setBootPriority(booting: boolean): void {
+  if (!RENICE) return;
+  const nice = booting ? 10 : 0;
+  try {
+    os.setPriority(process.pid, nice);
+    for (const app of apps) if (app.status.pid) os.setPriority(app.status.pid, nice);
+  } catch (err) {
+    log(`could not set the priority to ${nice}: ${(err as Error).message}`);
+  }
+}
 
 /**
  * Leaves the group without resetting queued connections, then lets the apps
@@ -263,6 +283,7 @@ async function main(): Promise<void> {
   status.listener = 'bound';
   log(`bound ${address}:${c.port} (not listening yet); starting ${c.instances} app process(es)`);
 
+  setBootPriority(true); // the app processes inherit it
   apps = Array.from({ length: c.instances }, (_, slot) => new AppProcess(slot, c, fd));
   for (const app of apps) {
     crashTimes[app.slot] = [];
