@@ -139,6 +139,16 @@ cli
       flags,
       async (progress) => {
         if (sources > 1) throw usageError('Give one of: an entry file, --previous, or --release <id>.');
+        if (entry !== undefined && !/[./]/.test(entry) && !fs.existsSync(entry)) {
+          throw usageError(
+            `Unknown command "${entry}". Commands: status, stop, start, logs, releases, doctor; or pass an entry file such as ./server.js. Run reuse-deploy --help.`,
+          );
+        }
+        for (const [flag, value] of Object.entries(flags)) {
+          if (Array.isArray(value) && !['env', 'nodeArg', '--'].includes(flag)) {
+            throw usageError(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} was given more than once (${value.join(', ')}); give it once.`);
+          }
+        }
         if (entry !== undefined) {
           // Defaults from the app's config file; flags given on the command line win.
           const config = loadConfig(resolveEntry(entry, flags.root === undefined ? undefined : String(flags.root)).root);

@@ -183,7 +183,6 @@ describe('errors with v1 serving: the code, the exit code, and v1 untouched', ()
 
   test(
     'RD_ERR_USAGE: unknown command',
-    { todo: 'the default [entry] command swallows every word, so cli.ts never reports "Unknown command": `reuse-deploy stauts` says "--port is required" (and with --port, RD_ERR_ENTRY_NOT_FOUND)' },
     async () => {
       await expectBoth(['stauts', '--name', 'app', '--state-dir', v1.stateDir], 'RD_ERR_USAGE', { message: /Unknown command "stauts"/ });
       await expectError(['stauts', '--port', String(v1.port), '--name', 'app', '--state-dir', v1.stateDir], 'RD_ERR_USAGE', { message: /Unknown command "stauts"/ });
@@ -487,7 +486,6 @@ describe('the catalogue', () => {
 
   test(
     'the README exit-code table lists every entry with its exit code',
-    { todo: 'README.md "Exit codes" table lacks RD_ERR_NO_PREVIOUS, RD_ERR_RELEASE_NOT_FOUND (2) and RD_ERR_SNAPSHOT (1)' },
     () => {
       const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8');
       const rows = new Map([...readme.matchAll(/^\| `(RD_ERR_[A-Z_]+)` \| (\d) \|/gm)].map((m) => [m[1]!, Number(m[2])]));

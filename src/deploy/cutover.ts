@@ -19,7 +19,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DeployError } from '../errors';
 import type { KeeperStatus } from '../protocol';
 import { isHealthy, probe, type HealthRule, type ProbeResult } from './health';
-import { keeperDrain, keeperLive, keeperUnpark, tryKeeperStatus } from './keeper-client';
+import { keeperDrain, keeperLive, keeperUnpark, keeperWait, tryKeeperStatus } from './keeper-client';
 import { logTail, spawnKeeper, stopInstance, waitForKeeper, type Spawned } from './instances';
 import type { AppPaths } from './paths';
 import type { Progress } from './progress';
@@ -63,7 +63,8 @@ function failure(spawned: Spawned, code: DeployError['code'], message: string, d
 async function waitListening(spawned: Spawned, port: number, deadline: number): Promise<KeeperStatus> {
   let last: KeeperStatus | null = null;
   for (;;) {
-    last = (await tryKeeperStatus(spawned.instance.controlSocket, 1_000)) ?? last;
+    const wait = Math.max(0, Math.min(5_000, deadline - Date.now()));
+    last = (await keeperWait(spawned.instance.controlSocket, ['gated', 'failed'], wait).catch(() => null)) ?? last;
     if (last?.phase === 'failed' && last.error) throw failure(spawned, last.error.code as DeployError['code'], last.error.message);
     if (last?.phase === 'gated') return last;
     if (Date.now() > deadline) {

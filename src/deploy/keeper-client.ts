@@ -34,6 +34,11 @@ export async function tryKeeperStatus(socketPath: string, timeoutMs = 2_000): Pr
   }
 }
 
+/** Long-polls until the keeper's phase is one of `phases` (or timeoutMs passed); returns its status then. */
+export function keeperWait(socketPath: string, phases: string[], timeoutMs: number): Promise<KeeperStatus> {
+  return call(socketPath, 'GET', `/wait?phases=${phases.join(',')}&timeoutMs=${timeoutMs}`, undefined, timeoutMs + 2_000);
+}
+
 export function keeperLive(socketPath: string, knownPids: number[]): Promise<KeeperStatus> {
   return call(socketPath, 'POST', '/live', { knownPids }, 15_000);
 }

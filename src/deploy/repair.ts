@@ -29,6 +29,12 @@ export async function repairState(stateFile: string, state: AppState, drainTimeo
       continue;
     }
     statuses.set(instance.id, status);
+    if ((instance.role === 'draining' || instance.role === 'parked') && status.phase === 'live') {
+      // The deploy that replaced it died between recording and telling it.
+      await keeperDrain(instance.controlSocket, drainTimeoutMs, 1_000).catch(() => undefined);
+      instance.role = 'draining';
+      notes.push(`instance ${instance.id} (${instance.release}) was recorded as replaced but still listened; draining it`);
+    }
     if (instance.role === 'starting') {
       if (status.phase === 'live') {
         instance.role = 'live';

@@ -9,6 +9,8 @@ import type { KeeperStatus } from '../protocol';
 
 export interface ControlHandlers {
   status(): Promise<KeeperStatus>;
+  /** Answers once the phase is one of `phases`, or after timeoutMs: a long poll instead of polling. */
+  wait(phases: string[], timeoutMs: number): Promise<KeeperStatus>;
   live(body: Record<string, unknown>): Promise<KeeperStatus>;
   unpark(body: Record<string, unknown>): Promise<KeeperStatus>;
   drain(body: Record<string, unknown>): void;
@@ -38,9 +40,15 @@ export async function serveControl(path: string, handlers: ControlHandlers): Pro
     void (async () => {
       try {
         const body = req.method === 'POST' ? await readBody(req) : {};
-        switch (`${req.method} ${req.url}`) {
+        const url = new URL(req.url ?? '/', 'http://keeper');
+        switch (`${req.method} ${url.pathname}`) {
           case 'GET /status':
             return reply(res, 200, await handlers.status());
+          case 'GET /wait': {
+            const phases = (url.searchParams.get('phases') ?? '').split(',');
+            const timeoutMs = Math.min(60_000, Number(url.searchParams.get('timeoutMs') ?? 5_000));
+            return reply(res, 200, await handlers.wait(phases, timeoutMs));
+          }
           case 'POST /live':
             return reply(res, 200, await handlers.live(body));
           case 'POST /unpark':

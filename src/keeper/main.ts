@@ -14,7 +14,6 @@ import { acceptQueue, closeFd, detachSteering, listenFd, unlisten } from '../nat
 import { KEEPER_CONFIG_ENV, type KeeperConfig, type KeeperPhase, type KeeperStatus } from '../protocol';
 import { AppProcess } from './apps';
 import { bindDeploySocket, isBindFailure } from './bind';
-import { serveControl } from './control';
 import { countPeers, detachWhenAlone, steerToSelf } from './steering';
 import { watchLogSize } from './logs';
 import { CRASH_LOOP, nextRestartDelay } from './supervise';
@@ -242,8 +241,39 @@ function shutdown(code: number): void {
   process.exit(code);
 }
 
+function startApps(c: KeeperConfig): void {
+  setBootPriority(true); // the app processes inherit it
+  apps = Array.from({ length: c.instances }, (_, slot) => new AppProcess(slot, c, fd));
+  for (const app of apps) {
+    crashTimes[app.slot] = [];
+    app.on('exit', (code, signal) => onAppExit(app, code, signal));
+    app.on('message', (m) => {
+      if (m.rd === 'gated' && status.phase === 'booting' && allApps('gated')) setPhase('gated');
+      else if (m.rd === 'listener-closed') app.status.state = 'draining';
+      else if (m.rd === 'drained') drained.add(app.slot);
+      else if (m.rd === 'listen-error') log(`app ${app.slot} could not listen: ${m.message}`);
+    });
+    app.start(false);
+  }
+}
+
 async function main(): Promise<void> {
   const c = config!;
+  // Bind and start the apps first, and only then load and open the control
+  // socket: the apps boot while the keeper finishes its own start-up.
+  const bound = bindDeploySocket(c.host, c.port);
+  if (isBindFailure(bound)) {
+    fail(bound.code, bound.message);
+  } else {
+    fd = bound.fd;
+    address = bound.address;
+    ownInode = fs.fstatSync(fd).ino;
+    status.listener = 'bound';
+    log(`bound ${address}:${c.port} (not listening yet); starting ${c.instances} app process(es)`);
+    startApps(c);
+  }
+
+  const { serveControl } = require('./control') as typeof import('./control');
   await serveControl(c.controlSocket, {
     status: async () => {
       const asked = Date.now();
@@ -253,6 +283,11 @@ async function main(): Promise<void> {
       }
       // Fresh connection counts, if the apps answer quickly.
       await waitFor(() => apps.every((a) => !a.running || a.statsAt >= asked), 250, 5);
+      status.apps = apps.map((a) => ({ ...a.status }));
+      return status;
+    },
+    wait: async (phases, timeoutMs) => {
+      await waitFor(() => phases.includes(status.phase), timeoutMs, 5);
       status.apps = apps.map((a) => ({ ...a.status }));
       return status;
     },
@@ -270,32 +305,7 @@ async function main(): Promise<void> {
       void stopApps().then(() => shutdown(0));
     },
   });
-
   watchLogSize(c.logFile);
-  const bound = bindDeploySocket(c.host, c.port);
-  if (isBindFailure(bound)) {
-    fail(bound.code, bound.message);
-    return;
-  }
-  fd = bound.fd;
-  address = bound.address;
-  ownInode = fs.fstatSync(fd).ino;
-  status.listener = 'bound';
-  log(`bound ${address}:${c.port} (not listening yet); starting ${c.instances} app process(es)`);
-
-  setBootPriority(true); // the app processes inherit it
-  apps = Array.from({ length: c.instances }, (_, slot) => new AppProcess(slot, c, fd));
-  for (const app of apps) {
-    crashTimes[app.slot] = [];
-    app.on('exit', (code, signal) => onAppExit(app, code, signal));
-    app.on('message', (m) => {
-      if (m.rd === 'gated' && status.phase === 'booting' && allApps('gated')) setPhase('gated');
-      else if (m.rd === 'listener-closed') app.status.state = 'draining';
-      else if (m.rd === 'drained') drained.add(app.slot);
-      else if (m.rd === 'listen-error') log(`app ${app.slot} could not listen: ${m.message}`);
-    });
-    app.start(false);
-  }
   setTimeout(() => {
     if (status.phase === 'booting' || status.phase === 'gated') {
       log('nobody made this release live in time; stopping');
