@@ -2,7 +2,7 @@
 // injects each probe connection into the app's own server, so the answer
 // comes from the app's handler on that one process, before it takes any
 // public traffic. TLS apps are probed with TLS over the same socket.
-import { Client } from 'undici';
+import { newClient } from './http-client';
 
 export interface ProbeResult {
   status: number | null;
@@ -24,7 +24,7 @@ export function isHealthy(rule: HealthRule, result: ProbeResult): boolean {
 
 export async function probe(socketPath: string, tls: boolean, rule: HealthRule, timeoutMs: number): Promise<ProbeResult> {
   const origin = `${tls ? 'https' : 'http'}://localhost:${rule.port}`;
-  const client = new Client(origin, {
+  const client = newClient(origin, {
     socketPath,
     connectTimeout: timeoutMs,
     // The probe checks the app, not its certificate; the socket is private.

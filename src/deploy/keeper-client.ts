@@ -1,9 +1,9 @@
 // Talks to a keeper's control socket (HTTP over a unix socket, with undici).
-import { Client } from 'undici';
+import { newClient } from './http-client';
 import type { KeeperStatus } from '../protocol';
 
 async function call<T>(socketPath: string, method: 'GET' | 'POST', path: string, body: unknown, timeoutMs: number): Promise<T> {
-  const client = new Client('http://keeper', { socketPath, connectTimeout: timeoutMs });
+  const client = newClient('http://keeper', { socketPath, connectTimeout: timeoutMs });
   try {
     const res = await client.request({
       method,
