@@ -32,7 +32,7 @@ export type KeeperMessage =
 
 /** app -> keeper */
 export type AppMessage =
-  | { rd: 'gated'; tls: boolean }
+  | { rd: 'gated'; tls: boolean; h2: boolean }
   | { rd: 'live' }
   | { rd: 'listen-error'; message: string; code?: string }
   | { rd: 'other-port'; port: number }
@@ -75,6 +75,8 @@ export interface AppStatus {
   pid: number | null;
   state: AppState;
   tls: boolean;
+  /** An HTTP/2-only server (http2.createServer / createSecureServer without allowHTTP1). */
+  h2: boolean;
   startedAt: number;
   exitCode: number | null;
   signal: string | null;

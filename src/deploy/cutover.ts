@@ -87,7 +87,7 @@ async function waitHealthy(spawned: Spawned, gated: KeeperStatus, rule: HealthRu
     for (const app of gated.apps) {
       if (!pending.has(app.slot)) continue;
       const timeout = Math.max(100, Math.min(5_000, deadline - Date.now()));
-      last = await probe(`${spawned.instance.probeSocketPrefix}${app.slot}.sock`, app.tls, rule, timeout);
+      last = await probe(`${spawned.instance.probeSocketPrefix}${app.slot}.sock`, { tls: app.tls, h2: app.h2 }, rule, timeout);
       if (isHealthy(rule, last)) pending.delete(app.slot);
     }
     if (pending.size === 0) return;

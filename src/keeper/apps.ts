@@ -26,6 +26,7 @@ export class AppProcess extends EventEmitter<AppEvents> {
       pid: null,
       state: 'starting',
       tls: false,
+      h2: false,
       startedAt: Date.now(),
       exitCode: null,
       signal: null,
@@ -72,7 +73,7 @@ export class AppProcess extends EventEmitter<AppEvents> {
     });
     child.on('message', (m: unknown) => {
       if (!isAppMessage(m)) return;
-      if (m.rd === 'gated') Object.assign(this.status, { state: 'gated', tls: m.tls });
+      if (m.rd === 'gated') Object.assign(this.status, { state: 'gated', tls: m.tls, h2: m.h2 });
       else if (m.rd === 'live') this.status.state = 'live';
       else if (m.rd === 'other-port') this.status.otherPorts.push(m.port);
       else if (m.rd === 'stats') {

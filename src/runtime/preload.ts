@@ -41,6 +41,17 @@ function readConfig(): RuntimeConfig | null {
   return config;
 }
 
+/** http2 servers that would refuse an HTTP/1.1 health probe. */
+function speaksOnlyH2(server: net.Server): boolean {
+  const name = server.constructor.name;
+  const options = (server as net.Server & { [key: symbol]: unknown });
+  const allowHTTP1 = Object.getOwnPropertySymbols(options).some((sym) => {
+    const value = options[sym] as { allowHTTP1?: boolean } | undefined;
+    return sym.description === 'options' && value?.allowHTTP1 === true;
+  });
+  return (name === 'Http2Server' || name === 'Http2SecureServer') && !allowHTTP1;
+}
+
 function send(message: AppMessage): void {
   if (process.connected) process.send?.(message);
 }
@@ -100,7 +111,7 @@ function install(config: RuntimeConfig): void {
       return server;
     }
     gated = { tracked: track(server), call };
-    send({ rd: 'gated', tls: server instanceof tls.Server });
+    send({ rd: 'gated', tls: server instanceof tls.Server, h2: speaksOnlyH2(server) });
     if (config.liveAtStart) goLive();
     else openProbe(server);
     return server;

@@ -1,0 +1,106 @@
+// The old version's drain: keep-alive clients, requests in flight, the
+// app's own hooks, HTTP/2. Every request that reached the old version is
+// answered; none is reset.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import http2 from 'node:http2';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, test } from 'node:test';
+import { Agent, request } from 'undici';
+import { cleanup, fixture, freePort, remember, runCli, tempStateDir, waitUntil } from './helpers';
+
+let stateDir: string;
+let port: number;
+
+beforeEach(async () => {
+  stateDir = tempStateDir();
+  port = await freePort();
+});
+afterEach(() => cleanup(stateDir));
+
+async function deploy(entry: string, ...extra: string[]) {
+  const r = await runCli([fixture(entry), '--port', String(port), '--host', '127.0.0.1', '--name', 'app', '--state-dir', stateDir, ...extra]);
+  remember(stateDir, 'app');
+  assert.equal(r.code, 0, r.stderr);
+  return r;
+}
+
+/** `clients` keep-alive connections, each sending requests back to back. */
+function keepAliveLoad(clients: number) {
+  const agent = new Agent({ connections: clients, keepAliveTimeout: 30_000 });
+  const errors: string[] = [];
+  const bodies: string[] = [];
+  let running = true;
+  const workers = Array.from({ length: clients }, async () => {
+    for (let i = 0; running && i < 5_000; i++) {
+      try {
+        const res = await request(`http://127.0.0.1:${port}/`, { dispatcher: agent, headersTimeout: 5_000, bodyTimeout: 5_000 });
+        bodies.push(await res.body.text());
+      } catch (err) {
+        errors.push(`${(err as { code?: string }).code ?? ''} ${(err as Error).message}`);
+      }
+    }
+  });
+  return {
+    errors,
+    bodies,
+    async stop() {
+      running = false;
+      await Promise.all(workers);
+      await agent.close();
+    },
+  };
+}
+
+describe('drain', () => {
+  test('keep-alive clients see no error across a cutover, even when the app exits harshly on SIGTERM', async () => {
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--env', 'HARSH_SIGTERM=1');
+    const load = keepAliveLoad(8);
+    await waitUntil(() => load.bodies.length > 100, 10_000, 'v1 answers');
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--env', 'HARSH_SIGTERM=1');
+    await waitUntil(() => load.bodies.slice(-50).every((b) => b.startsWith('v2 ')) && load.bodies.length > 300, 15_000, 'only v2 answers');
+    await load.stop();
+    assert.deepEqual(load.errors, []);
+  });
+
+  test('a request in flight finishes on the old version, with Connection: close; the drain hook runs', async () => {
+    const marker = path.join(stateDir, 'drained.txt');
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--env', 'SLOW_MS=8000', '--env', `DRAIN_MARKER=${marker}`);
+    const agent = new Agent({ keepAliveTimeout: 30_000 });
+    const slow = request(`http://127.0.0.1:${port}/slow`, { dispatcher: agent, headersTimeout: 15_000 });
+    await new Promise((resolve) => setTimeout(resolve, 300)); // the request is inside v1 now
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '200ms');
+    const res = await slow;
+    assert.equal(res.statusCode, 200);
+    assert.equal(await res.body.text(), 'v1 slow');
+    assert.equal(res.headers.connection, 'close', 'the old version asks the client to reconnect');
+    await waitUntil(() => fs.existsSync(marker), 5_000, 'the drain hook');
+    assert.equal(fs.readFileSync(marker, 'utf8'), 'v1 drained\n');
+    const next = await request(`http://127.0.0.1:${port}/`, { dispatcher: agent });
+    assert.match(await next.body.text(), /^v2 /, 'the next request, on a new connection, reaches v2');
+    await agent.close();
+  });
+
+  test('HTTP/2 sessions get a GOAWAY; a new session reaches the new version', async () => {
+    await deploy('h2-app.js', '--env', 'APP_VERSION=v1');
+    const session = http2.connect(`http://127.0.0.1:${port}`);
+    const ask = (s: http2.ClientHttp2Session) =>
+      new Promise<string>((resolve, reject) => {
+        const req = s.request({ ':path': '/' });
+        let body = '';
+        req.setEncoding('utf8');
+        req.on('data', (d) => (body += d));
+        req.on('end', () => resolve(body));
+        req.on('error', reject);
+        req.end();
+      });
+    assert.equal(await ask(session), 'v1 h2');
+    const goaway = new Promise((resolve) => session.once('goaway', resolve));
+    await deploy('h2-app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '200ms');
+    await goaway;
+    session.close();
+    const fresh = http2.connect(`http://127.0.0.1:${port}`);
+    assert.equal(await ask(fresh), 'v2 h2');
+    fresh.close();
+  });
+});
