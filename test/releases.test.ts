@@ -167,7 +167,7 @@ describe('snapshots', () => {
     assert.equal(a.mode & 0o222, 0, 'store files are read-only');
 
     fs.rmSync(path.join(stateDir, 'r1'), { recursive: true });
-    const freed = collectGarbage(store);
+    const freed = collectGarbage(store, [path.join(stateDir, 'r2')]);
     assert.equal(freed, 'module.exports = "v1";\n'.length, 'only r1\'s own version.js is freed');
     assert.equal(fs.readFileSync(path.join(stateDir, 'r2', 'server.js'), 'utf8'), fs.readFileSync(path.join(appDir, 'server.js'), 'utf8'));
   });

@@ -64,7 +64,7 @@ function newRelease(paths: AppPaths, state: AppState, resolved: ResolvedEntry, i
   progress.phase(`snapshotting ${resolved.root} as ${id}`);
   let stats: SnapshotStats;
   try {
-    stats = snapshot(resolved.root, dir, paths.store);
+    stats = snapshot(resolved.root, dir, paths.store, { exclude: [path.dirname(paths.dir)] });
   } catch (err) {
     removeReleaseTree(dir);
     throw new DeployError('RD_ERR_SNAPSHOT', `Could not snapshot ${resolved.root}: ${(err as Error).message}. Check that this user can read every file there, or list what should stay out in .reusedeployignore.`, { cause: err });
@@ -237,7 +237,7 @@ export function pruneReleases(paths: AppPaths, state: AppState, keep: number): s
   state.releases = state.releases.filter((r) => !doomed.includes(r));
   writeState(paths.state, state);
   for (const r of doomed) removeReleaseTree(r.root);
-  collectGarbage(paths.store);
+  collectGarbage(paths.store, state.releases.map((r) => r.root));
   return doomed.map((r) => r.id);
 }
 

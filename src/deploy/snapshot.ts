@@ -5,7 +5,10 @@
 // are hard links into the store. Unchanged files therefore cost a directory
 // entry per release, and a file whose size, mtime and inode are what the
 // last snapshot saw is not even read again (the index in store/index.json).
-// A store file whose link count is 1 belongs to no release and is removed by
+// node_modules directories are stored once more as whole trees (see
+// snapshot()), so that ten releases with the same dependencies share one
+// tree of directories, not ten. A tree no kept release links to, and then a
+// store file whose link count is 1, belong to no release and are removed by
 // pruning.
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -89,15 +92,110 @@ function hoistedModules(root: string): string | null {
   }
 }
 
-/** Copies `root` into `releaseDir` through the store. */
-export function snapshot(root: string, releaseDir: string, storeDir: string): SnapshotStats {
+interface TreeEntry {
+  rel: string;
+  kind: 'dir' | 'file' | 'link';
+  /** Store key (file) or link target (link). */
+  ref: string;
+  src: string;
+  size: number;
+}
+
+export interface SnapshotOptions {
+  /** Directories to leave out wherever they are (the state dir, when it lies inside the app). */
+  exclude?: string[];
+}
+
+const byName = (a: fs.Dirent, b: fs.Dirent): number => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+
+/**
+ * Copies `root` into `releaseDir` through the store. A node_modules
+ * directory becomes one symlink to a shared, content-addressed tree
+ * (<store>/trees/<hash>/node_modules), so an unchanged dependency tree costs
+ * a release neither files nor directories. The tree sits in a directory
+ * named node_modules, so that Node's module resolution from a package's real
+ * path still finds its siblings.
+ */
+export function snapshot(root: string, releaseDir: string, storeDir: string, options: SnapshotOptions = {}): SnapshotStats {
   const started = Date.now();
   const indexFile = path.join(storeDir, 'index.json');
-  fs.mkdirSync(storeDir, { recursive: true, mode: 0o700 });
+  fs.mkdirSync(path.join(storeDir, 'trees'), { recursive: true, mode: 0o700 });
   const old = readIndex(indexFile, root);
   const next: StoreIndex = { root, entries: {} };
   const ignore: Ignore = loadIgnore(root);
+  const excluded = new Set((options.exclude ?? []).map(realpathOr));
   const stats: SnapshotStats = { files: 0, bytes: 0, newBytes: 0, hashed: 0, ms: 0, externalModules: null };
+
+  const skipDir = (relPath: string, src: string): boolean => ignore(relPath, true) || (excluded.size > 0 && excluded.has(realpathOr(src)));
+
+  /** A file's store key: from the index when size, mtime and inode are unchanged, else by hashing it. */
+  const fileKey = (relPath: string, src: string): { key: string; size: number } => {
+    const st = fs.statSync(src);
+    const seen = old.entries[relPath];
+    let key: string;
+    if (seen && seen.size === st.size && seen.mtimeMs === st.mtimeMs && seen.ino === st.ino) {
+      key = seen.key;
+    } else {
+      key = `${hashFile(src)}${(st.mode & 0o111) !== 0 ? 'x' : ''}`;
+      stats.hashed++;
+    }
+    next.entries[relPath] = { size: st.size, mtimeMs: st.mtimeMs, ino: st.ino, key };
+    stats.files++;
+    stats.bytes += st.size;
+    return { key, size: st.size };
+  };
+
+  const linkFile = (key: string, src: string, size: number, dest: string): void => {
+    const stored = storePath(storeDir, key);
+    if (!fs.existsSync(stored)) {
+      addToStore(src, stored, key.endsWith('x'));
+      stats.newBytes += size;
+    }
+    fs.linkSync(stored, dest);
+  };
+
+  /** Every entry below root/base/sub, in a stable order, with file keys. */
+  const scan = (base: string, sub: string, out: TreeEntry[]): void => {
+    const dir = path.join(root, base, sub);
+    for (const entry of fs.readdirSync(dir, { withFileTypes: true }).sort(byName)) {
+      const rel = sub ? `${sub}/${entry.name}` : entry.name;
+      const full = `${base}/${rel}`;
+      const src = path.join(dir, entry.name);
+      if (entry.isDirectory()) {
+        if (skipDir(full, src)) continue;
+        out.push({ rel, kind: 'dir', ref: '', src, size: 0 });
+        scan(base, rel, out);
+      } else if (entry.isSymbolicLink()) {
+        if (!ignore(full, false)) out.push({ rel, kind: 'link', ref: fs.readlinkSync(src), src, size: 0 });
+      } else if (entry.isFile() && !ignore(full, false)) {
+        const { key, size } = fileKey(full, src);
+        out.push({ rel, kind: 'file', ref: key, src, size });
+      }
+    }
+  };
+
+  const linkModules = (relPath: string, dest: string): void => {
+    const entries: TreeEntry[] = [];
+    scan(relPath, '', entries);
+    const hash = createHash('sha256');
+    for (const e of entries) hash.update(`${e.kind}\0${e.rel}\0${e.ref}\n`);
+    const treeRoot = path.join(storeDir, 'trees', hash.digest('hex'));
+    const tree = path.join(treeRoot, 'node_modules');
+    if (!fs.existsSync(tree)) {
+      const tmp = `${treeRoot}.${process.pid}.tmp`;
+      fs.rmSync(tmp, { recursive: true, force: true });
+      const tmpTree = path.join(tmp, 'node_modules');
+      fs.mkdirSync(tmpTree, { recursive: true, mode: 0o755 });
+      for (const e of entries) {
+        const out = path.join(tmpTree, e.rel);
+        if (e.kind === 'dir') fs.mkdirSync(out, { mode: 0o755 });
+        else if (e.kind === 'link') fs.symlinkSync(e.ref, out);
+        else linkFile(e.ref, e.src, e.size, out);
+      }
+      fs.renameSync(tmp, treeRoot);
+    }
+    fs.symlinkSync(tree, dest);
+  };
 
   const walk = (rel: string): void => {
     const srcDir = path.join(root, rel);
@@ -107,29 +205,14 @@ export function snapshot(root: string, releaseDir: string, storeDir: string): Sn
       const src = path.join(srcDir, entry.name);
       const dest = path.join(releaseDir, relPath);
       if (entry.isDirectory()) {
-        if (!ignore(relPath, true)) walk(relPath);
+        if (skipDir(relPath, src)) continue;
+        if (entry.name === 'node_modules') linkModules(relPath, dest);
+        else walk(relPath);
       } else if (entry.isSymbolicLink()) {
         if (!ignore(relPath, false)) fs.symlinkSync(fs.readlinkSync(src), dest);
       } else if (entry.isFile() && !ignore(relPath, false)) {
-        const st = fs.statSync(src);
-        const executable = (st.mode & 0o111) !== 0;
-        const seen = old.entries[relPath];
-        let key: string;
-        if (seen && seen.size === st.size && seen.mtimeMs === st.mtimeMs && seen.ino === st.ino && fs.existsSync(storePath(storeDir, seen.key))) {
-          key = seen.key;
-        } else {
-          key = `${hashFile(src)}${executable ? 'x' : ''}`;
-          stats.hashed++;
-        }
-        const stored = storePath(storeDir, key);
-        if (!fs.existsSync(stored)) {
-          addToStore(src, stored, executable);
-          stats.newBytes += st.size;
-        }
-        fs.linkSync(stored, dest);
-        next.entries[relPath] = { size: st.size, mtimeMs: st.mtimeMs, ino: st.ino, key };
-        stats.files++;
-        stats.bytes += st.size;
+        const { key, size } = fileKey(relPath, src);
+        linkFile(key, src, size, dest);
       }
     }
   };
@@ -148,16 +231,55 @@ export function snapshot(root: string, releaseDir: string, storeDir: string): Sn
   return stats;
 }
 
-/** Removes store files that no release links to any more. Returns the bytes freed. */
-export function collectGarbage(storeDir: string): number {
-  let freed = 0;
-  let shards: string[];
+function realpathOr(p: string): string {
   try {
-    shards = fs.readdirSync(storeDir);
+    return fs.realpathSync(p);
   } catch {
-    return 0;
+    return path.resolve(p);
   }
-  for (const shard of shards) {
+}
+
+/** The names of the trees in `treesDir` that the kept releases link to. */
+function treesInUse(releaseRoots: string[], treesDir: string): Set<string> {
+  const used = new Set<string>();
+  const visit = (dir: string): void => {
+    let entries: fs.Dirent[];
+    try {
+      entries = fs.readdirSync(dir, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      const full = path.join(dir, e.name);
+      if (e.isSymbolicLink()) {
+        const target = fs.readlinkSync(full);
+        if (target.startsWith(`${treesDir}${path.sep}`)) used.add(target.slice(treesDir.length + 1).split(path.sep)[0]!);
+      } else if (e.isDirectory()) {
+        visit(full);
+      }
+    }
+  };
+  for (const r of releaseRoots) visit(r);
+  return used;
+}
+
+/**
+ * Removes the dependency trees that no kept release links to, then the
+ * store files that nothing links to any more. Returns the bytes freed.
+ */
+export function collectGarbage(storeDir: string, keptReleaseRoots: string[]): number {
+  const treesDir = path.join(storeDir, 'trees');
+  const used = treesInUse(keptReleaseRoots, treesDir);
+  let trees: string[] = [];
+  try {
+    trees = fs.readdirSync(treesDir);
+  } catch {
+    // no trees yet
+  }
+  for (const t of trees) if (!used.has(t)) fs.rmSync(path.join(treesDir, t), { recursive: true, force: true });
+
+  let freed = 0;
+  for (const shard of fs.readdirSync(storeDir)) {
     const dir = path.join(storeDir, shard);
     if (shard.length !== 2 || !fs.statSync(dir).isDirectory()) continue;
     for (const name of fs.readdirSync(dir)) {
