@@ -58,6 +58,6 @@ export function detachWhenAlone(fd: number, address: string, port: number, group
         log(`could not detach the steering program: ${(err as Error).message}`);
       }
     }
-  }, 100);
+  }, 250);
   timer.unref();
 }

@@ -14,8 +14,6 @@ export interface Listener {
   queued: number;
 }
 
-const LISTEN = '0A';
-
 function decodeAddress(hex: string): string {
   const bytes = Buffer.from(hex, 'hex');
   // Each 32-bit word is printed in host order; undo that on little-endian hosts.
@@ -33,32 +31,33 @@ export function normalizeAddress(address: string): string {
   return sock.address;
 }
 
-function readTable(file: string): Listener[] {
+// One line of /proc/net/tcp{,6}, matched only for listeners (st 0A):
+//   sl: local_address:port rem_address:port st tx_queue:rx_queue tr:when retrnsmt uid timeout inode
+// The file lists every socket of the namespace, connections included, so a
+// busy server has tens of thousands of lines; the regex skips all but the
+// listeners on one port without splitting any line.
+function listenerLine(portHex: string): RegExp {
+  return new RegExp(`^\\s*\\d+: ([0-9A-F]+):${portHex} [0-9A-F]+:[0-9A-F]{4} 0A [0-9A-F]+:([0-9A-F]+) \\S+ \\S+\\s+(\\d+)\\s+\\d+ (\\d+)`, 'gm');
+}
+
+function readTable(file: string, port: number): Listener[] {
   let text: string;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    text = fs.readFileSync(file, 'latin1');
   } catch {
     return [];
   }
   const out: Listener[] = [];
-  for (const line of text.split('\n').slice(1)) {
-    const f = line.trim().split(/\s+/);
-    if (f.length < 10 || f[3] !== LISTEN) continue;
-    const [addrHex, portHex] = f[1]!.split(':') as [string, string];
-    out.push({
-      address: decodeAddress(addrHex),
-      port: parseInt(portHex, 16),
-      uid: Number(f[7]),
-      inode: Number(f[9]),
-      queued: parseInt(f[4]!.split(':')[1]!, 16),
-    });
+  const portHex = port.toString(16).toUpperCase().padStart(4, '0');
+  for (const m of text.matchAll(listenerLine(portHex))) {
+    out.push({ address: decodeAddress(m[1]!), port, uid: Number(m[3]), inode: Number(m[4]), queued: parseInt(m[2]!, 16) });
   }
   return out;
 }
 
 /** Every listening TCP socket on `port` in this network namespace. */
 export function listenersOn(port: number): Listener[] {
-  return [...readTable('/proc/net/tcp'), ...readTable('/proc/net/tcp6')].filter((l) => l.port === port);
+  return [...readTable('/proc/net/tcp', port), ...readTable('/proc/net/tcp6', port)];
 }
 
 /** Listening sockets that share one reuseport group with a socket bound to address:port. */
