@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { tryKeeperStatus } from '../src/deploy/keeper-client';
 import { listenersOn } from '../src/sys/proc-net';
-import { CLI, cleanup, fixture, freePort, get, isAlive, processGroup, readAppState, remember, runCli, tempStateDir, waitUntil, type CliResult } from './helpers';
+import { CLI, cleanup, fixture, freePort, get, isAlive, processGroup, processesUnder, readAppState, remember, runCli, tempStateDir, waitUntil, type CliResult } from './helpers';
 
 interface InstanceShape {
   id: string;
@@ -87,20 +87,6 @@ function recordedPids(): Map<number, number[]> {
   return new Map(instances().map((i) => [i.keeperPid, processGroup(i.keeperPid)]));
 }
 
-/** Pids of processes whose working directory is inside the state dir (keepers and apps run in their release). */
-function processesUnder(dir: string): number[] {
-  const pids: number[] = [];
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      if (fs.readlinkSync(`/proc/${entry}/cwd`).startsWith(`${dir}/`)) pids.push(Number(entry));
-    } catch {
-      // gone, or a zombie
-    }
-  }
-  return pids.sort((a, b) => a - b);
-}
-
 /**
  * After the repairing command: exactly one live instance, of `release`,
  * answering; every process recorded before the kill that does not belong to
@@ -134,6 +120,31 @@ function assertRepaired(r: CliResult, ...notes: RegExp[]): void {
   const text = `${r.stdout}\n${r.stderr}`;
   assert.match(text, /repaired: /, `says what it repaired\n${text}`);
   for (const note of notes) assert.match(text, note, text);
+}
+
+/**
+ * Starts the v2 deploy and freezes the CLI (SIGSTOP) once r2's socket has
+ * joined the port, so that it cannot record r2 as live. r2's socket joins
+ * (listen) before the keeper answers the CLI's go-live request, which waits
+ * until the app process takes the socket over; the fixture keeps the app
+ * busy for 1.5 s after its health answer to hold that window open.
+ */
+async function deployFrozenAtGoLive() {
+  const d = startDeploy(deployArgs('e-slow.js', '--env', 'APP_VERSION=v2', '--env', 'BUSY_AFTER_HEALTH_MS=1500', '--health', '/healthz'));
+  let froze = false;
+  d.on(/is healthy; joining port/, () => {
+    const deadline = Date.now() + 10_000;
+    while (listenersOn(port).length < 2 && Date.now() < deadline) {
+      // spin: the window is a few milliseconds
+    }
+    froze = d.child.kill('SIGSTOP');
+  });
+  await d.until(/is healthy; joining port/);
+  await waitUntil(() => froze, 12_000, 'the CLI to be frozen');
+  const r2 = instances().find((i) => i.release === 'r2')!;
+  assert.equal(r2.role, 'starting', 'frozen before it recorded the go-live');
+  await waitUntil(async () => (await tryKeeperStatus(r2.controlSocket))?.phase === 'live', 10_000, 'r2 to finish going live');
+  return { d, r2 };
 }
 
 describe('kill -9 of a deploy, then the next command repairs', () => {
@@ -193,24 +204,7 @@ describe('kill -9 of a deploy, then the next command repairs', () => {
 
   test('after go-live, before it was recorded: status records r2 as live and drains r1', async () => {
     await deployV1();
-    const d = startDeploy(deployArgs('e-slow.js', '--env', 'APP_VERSION=v2', '--env', 'BUSY_AFTER_HEALTH_MS=1500', '--health', '/healthz'));
-    // r2's socket joins the port (listen) before the keeper answers the CLI's go-live request,
-    // which waits until the app process takes the socket over; the app is kept busy for 1.5 s
-    // after its health answer. Freeze the CLI once the second listener shows, so that it cannot
-    // record r2.
-    let froze = false;
-    d.on(/is healthy; joining port/, () => {
-      const deadline = Date.now() + 10_000;
-      while (listenersOn(port).length < 2 && Date.now() < deadline) {
-        // spin: the window is a few milliseconds
-      }
-      froze = d.child.kill('SIGSTOP');
-    });
-    await d.until(/is healthy; joining port/);
-    await waitUntil(() => froze, 12_000, 'the CLI to be frozen');
-    const r2 = instances().find((i) => i.release === 'r2')!;
-    assert.equal(r2.role, 'starting', 'frozen before it recorded the go-live');
-    await waitUntil(async () => (await tryKeeperStatus(r2.controlSocket))?.phase === 'live', 10_000, 'r2 to finish going live');
+    const { d, r2 } = await deployFrozenAtGoLive();
     const before = recordedPids();
     await d.kill9();
 
@@ -233,20 +227,7 @@ describe('kill -9 of a deploy, then the next command repairs', () => {
       // once r2 listens (as above), write state.json exactly as handOver() writes
       // it next, and kill the CLI before it can send the drain.
       await deployV1();
-      const d = startDeploy(deployArgs('e-slow.js', '--env', 'APP_VERSION=v2', '--env', 'BUSY_AFTER_HEALTH_MS=1500', '--health', '/healthz'));
-      let froze = false;
-      d.on(/is healthy; joining port/, () => {
-        const deadline = Date.now() + 10_000;
-        while (listenersOn(port).length < 2 && Date.now() < deadline) {
-          // spin
-        }
-        froze = d.child.kill('SIGSTOP');
-      });
-      await d.until(/is healthy; joining port/);
-      await waitUntil(() => froze, 12_000, 'the CLI to be frozen');
-      const r2 = instances().find((i) => i.release === 'r2')!;
-      assert.equal(r2.role, 'starting', 'frozen before it recorded the go-live');
-      await waitUntil(async () => (await tryKeeperStatus(r2.controlSocket))?.phase === 'live', 10_000, 'r2 to finish going live');
+      const { d } = await deployFrozenAtGoLive();
       const file = `${stateDir}/app/state.json`;
       const state = JSON.parse(fs.readFileSync(file, 'utf8')) as { instances: InstanceShape[]; liveHistory: string[] };
       for (const i of state.instances) i.role = i.release === 'r2' ? 'live' : 'draining';

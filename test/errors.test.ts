@@ -23,6 +23,7 @@ import {
   remember,
   runCli,
   tempStateDir,
+  processesUnder,
   waitUntil,
   type CliResult,
 } from './helpers';
@@ -88,20 +89,6 @@ async function expectError(args: string[], code: ErrorCode, options: { json?: bo
 async function expectBoth(args: string[], code: ErrorCode, options: { message?: RegExp; env?: NodeJS.ProcessEnv } = {}): Promise<JsonError> {
   await expectError(args, code, options);
   return (await expectError(args, code, { ...options, json: true })).json!;
-}
-
-/** Pids of every process whose working directory is inside `dir` (keepers and apps run in their release). */
-function processesUnder(dir: string): number[] {
-  const pids: number[] = [];
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      if (fs.readlinkSync(`/proc/${entry}/cwd`).startsWith(`${dir}/`)) pids.push(Number(entry));
-    } catch {
-      // gone, or a zombie
-    }
-  }
-  return pids.sort((a, b) => a - b);
 }
 
 async function assertNothingRuns(stateDir: string, port: number): Promise<void> {

@@ -190,3 +190,17 @@ export async function holdPortPlainly(port: number): Promise<ChildProcess> {
   await new Promise<void>((resolve) => child.stdout!.once('data', () => resolve()));
   return child;
 }
+
+/** Pids of every process whose working directory is inside `dir` (keepers and apps run in their release). */
+export function processesUnder(dir: string): number[] {
+  const pids: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (fs.readlinkSync(`/proc/${entry}/cwd`).startsWith(`${dir}/`)) pids.push(Number(entry));
+    } catch {
+      // gone, or a zombie
+    }
+  }
+  return pids.sort((a, b) => a - b);
+}
