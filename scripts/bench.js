@@ -1,0 +1,1121 @@
+'use strict';
+// Deploy benchmark: `npm run bench [-- --quick] [-- --deploys N]`.
+//
+// Sustained HTTP load (scripts/load.js, 32 connections) against
+// scripts/bench-app.js while the app is redeployed N times, for:
+//   plain      SIGTERM the running app, then start the new version
+//   pm2        `pm2 reload` in cluster mode, 2 instances (PM2_HOME in a temp dir)
+//   rd-mig0    reuse-deploy, net.ipv4.tcp_migrate_req=0 (netns rdbench-0 when root)
+//   rd-mig1    reuse-deploy, net.ipv4.tcp_migrate_req=1 (netns rdbench-1, root only)
+//   rd-cur     (not root) reuse-deploy in the current namespace, as it is
+//   rd-mig0-n2, rd-mig1-n2 (rd-cur-n2 when not root)
+//              the same with `--instances 2`: two app processes per release
+//              on the release's one socket
+// each in two load modes: keep-alive (ka) and a new connection per request
+// (close). Also: the app's bare boot time, and the runtime preload's
+// overhead: the app bare, with an inert `--require dist/src/runtime/preload.js`,
+// and deployed by reuse-deploy, loaded side by side at the same time
+// (throughput, and the app process's CPU time per request).
+//
+// Prints one table on stdout; writes raw results (JSON) and a picture (SVG)
+// to bench-results/. Every process it starts is stopped by pid, and every
+// namespace it creates is deleted, also on failure and on Ctrl-C.
+//
+// Flags: --quick (3 deploys, short windows), --deploys N, --rate R (req/s,
+// total, default 1000), --conns C (default 32), --configs a,b,... ,
+// --modes ka,close, --gap-ms, --rest-ms, --keep-tmp. --configs takes the
+// keys above, e.g. `--configs rd-mig0-n2,rd-mig1-n2`.
+const { spawn, spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const http = require('node:http');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+const { performance } = require('node:perf_hooks');
+
+const ROOT = path.resolve(__dirname, '..');
+const CLI = path.join(ROOT, 'dist', 'src', 'cli.js');
+const PRELOAD = path.join(ROOT, 'dist', 'src', 'runtime', 'preload.js');
+const APP = path.join(__dirname, 'bench-app.js');
+const LOAD = path.join(__dirname, 'load.js');
+const PM2 = path.join(ROOT, 'node_modules', '.bin', 'pm2');
+const RESULTS = path.join(ROOT, 'bench-results');
+const NS_PORT = 18080;
+const KINDS = ['ok', 'connect', 'reset', 'timeout', 'non2xx', 'other'];
+
+const now = () => performance.timeOrigin + performance.now();
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const log = (msg) => process.stderr.write(`[bench ${((now() - T_START) / 1000).toFixed(1).padStart(5)}s] ${msg}\n`);
+const T_START = now();
+
+// ---------------------------------------------------------------- options
+
+function parseArgs(argv) {
+  const o = { quick: false, deploys: null, rate: 1000, conns: 32, configs: null, modes: ['ka', 'close'], gapMs: null, restMs: null, keepTmp: false };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const [flag, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
+    const val = () => (inline !== undefined ? inline : argv[++i]);
+    switch (flag) {
+      case '--quick': o.quick = true; break;
+      case '--deploys': o.deploys = Number(val()); break;
+      case '--rate': o.rate = Number(val()); break;
+      case '--conns': o.conns = Number(val()); break;
+      case '--configs': o.configs = val().split(','); break;
+      case '--modes': o.modes = val().split(','); break;
+      case '--gap-ms': o.gapMs = Number(val()); break;
+      case '--rest-ms': o.restMs = Number(val()); break;
+      case '--keep-tmp': o.keepTmp = true; break;
+      case '--help':
+      case '-h':
+        process.stdout.write(fs.readFileSync(__filename, 'utf8').split('\n').filter((l) => l.startsWith('//')).map((l) => l.slice(3)).join('\n') + '\n');
+        process.exit(0);
+        break;
+      default:
+        process.stderr.write(`bench: unknown flag ${a} (see --help)\n`);
+        process.exit(2);
+    }
+  }
+  if (o.deploys === null) o.deploys = o.quick ? 3 : 10;
+  if (o.gapMs === null) o.gapMs = o.quick ? 600 : 1500;
+  if (o.restMs === null) o.restMs = o.quick ? 1000 : 3000;
+  o.warmupMs = 500; // not counted at rest: connection setup, JIT
+  o.settleMs = o.quick ? 800 : 1500; // load continues after the last deploy
+  o.bootSamples = o.quick ? 5 : 10;
+  o.overheadRounds = o.quick ? 2 : 6;
+  o.overheadWindowMs = o.quick ? 1500 : 2500;
+  o.timeoutMs = 2000;
+  if (!(o.deploys >= 1) || !(o.rate >= 1) || !(o.conns >= 1)) {
+    process.stderr.write('bench: --deploys, --rate and --conns must be positive\n');
+    process.exit(2);
+  }
+  for (const m of o.modes) if (!['ka', 'close'].includes(m)) throw new Error(`bench: unknown mode ${m}`);
+  return o;
+}
+
+const opts = parseArgs(process.argv.slice(2));
+const IS_ROOT = typeof process.getuid === 'function' && process.getuid() === 0;
+
+// ---------------------------------------------------------------- processes and cleanup
+
+const children = new Set();
+const cleanups = [];
+let cleaning = null;
+let finalKill = false;
+
+function onCleanup(name, fn) {
+  cleanups.push({ name, fn });
+}
+
+function spawnTracked(cmd, args, options) {
+  if (finalKill) throw new Error('cleaning up: not starting anything new');
+  const child = spawn(cmd, args, options);
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  child.once('error', () => children.delete(child));
+  return child;
+}
+
+function killPid(pid, signal) {
+  try {
+    process.kill(pid, signal);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function isAlive(pid) {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat[stat.lastIndexOf(')') + 2] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+function cmdlineOf(pid) {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+  } catch {
+    return '';
+  }
+}
+
+async function withTimeout(promise, ms) {
+  let t;
+  const r = await Promise.race([promise.then(() => true, () => true), new Promise((res) => (t = setTimeout(() => res(false), ms)))]);
+  clearTimeout(t);
+  return r;
+}
+
+/** Runs every registered cleanup (last first), then kills our remaining children by pid. */
+function cleanupAll() {
+  if (cleaning) return cleaning;
+  cleaning = (async () => {
+    while (cleanups.length) {
+      const { name, fn } = cleanups.pop();
+      try {
+        if (!(await withTimeout(Promise.resolve().then(fn), 20_000))) log(`cleanup "${name}" timed out`);
+      } catch (err) {
+        log(`cleanup "${name}" failed: ${err.message}`);
+      }
+    }
+    finalKill = true;
+    for (const child of children) if (child.pid) killPid(child.pid, 'SIGKILL');
+  })();
+  return cleaning;
+}
+
+let interrupted = false;
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(sig, () => {
+    if (interrupted) return;
+    interrupted = true;
+    log(`${sig}: cleaning up`);
+    void cleanupAll().finally(() => process.exit(130));
+  });
+}
+
+function nsWrap(ns, cmd, args) {
+  return ns ? ['ip', ['netns', 'exec', ns, cmd, ...args]] : [cmd, args];
+}
+
+/** Runs a command to completion (bounded by timeoutMs); stderr lines are timestamped as they arrive. */
+function run(cmd, args, { ns = null, env = process.env, timeoutMs = 60_000, cwd = ROOT } = {}) {
+  const [c, a] = nsWrap(ns, cmd, args);
+  return new Promise((resolve) => {
+    const t0 = now();
+    let out = '';
+    let errBuf = '';
+    const errLines = [];
+    let settled = false;
+    let timedOut = false;
+    const child = spawnTracked(c, a, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => {
+      errBuf += d;
+      let i;
+      while ((i = errBuf.indexOf('\n')) >= 0) {
+        errLines.push({ at: now(), line: errBuf.slice(0, i) });
+        errBuf = errBuf.slice(i + 1);
+      }
+    });
+    const timer = setTimeout(() => {
+      timedOut = true;
+      if (child.pid) killPid(child.pid, 'SIGKILL');
+    }, timeoutMs);
+    const done = (code, signal, t1) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (errBuf) errLines.push({ at: now(), line: errBuf });
+      resolve({ code, signal, out, err: errLines.map((l) => l.line).join('\n'), errLines, t0, t1, ms: t1 - t0, timedOut });
+    };
+    child.once('error', (e) => done(-1, null, now(), (out += String(e))));
+    child.once('exit', (code, signal) => {
+      const t1 = now();
+      // A detached grandchild may hold our pipes: do not wait for them long.
+      const wait = setTimeout(() => done(code, signal, t1), 300);
+      child.once('close', () => {
+        clearTimeout(wait);
+        done(code, signal, t1);
+      });
+    });
+  });
+}
+
+function mustRun(r, what) {
+  if (r.code !== 0) {
+    const text = `${r.out}\n${r.err}`.trim();
+    const first = text.split('\n').find((l) => l.trim()) || '';
+    throw new Error(`${what} failed (exit ${r.code}${r.signal ? `, ${r.signal}` : ''}${r.timedOut ? ', timed out' : ''}): ${first}\n${text}`);
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------- http helpers (current namespace)
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function getOnce(port, timeoutMs = 500) {
+  return new Promise((resolve) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/', agent: false, headers: { connection: 'close' } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode, body }));
+      res.on('error', () => resolve(null));
+    });
+    req.setTimeout(timeoutMs, () => req.destroy());
+    req.on('error', () => resolve(null));
+  });
+}
+
+/** Polls every 2 ms until GET / answers 2xx (optionally with `body`); returns the time of that answer. */
+async function waitHttp(port, timeoutMs = 15_000, body = null) {
+  const deadline = now() + timeoutMs;
+  for (;;) {
+    const r = await getOnce(port);
+    if (r && r.status >= 200 && r.status < 300 && (body === null || r.body.trim() === body)) return now();
+    if (now() > deadline) throw new Error(`nothing answered 2xx${body ? ` with ${body}` : ''} on 127.0.0.1:${port} within ${timeoutMs} ms`);
+    await sleep(2);
+  }
+}
+
+// ---------------------------------------------------------------- bare app
+
+function startBare(port, version, { preload = false } = {}) {
+  const args = preload ? ['--require', PRELOAD, APP] : [APP];
+  const child = spawnTracked(process.execPath, args, {
+    cwd: ROOT,
+    env: { ...process.env, PORT: String(port), VERSION: version, HOST: '127.0.0.1' },
+    stdio: ['ignore', 'ignore', 'inherit'],
+    // A session of its own, as a reuse-deploy keeper's app and a PM2 worker
+    // have: with CFS autogroup, each session is scheduled as one group.
+    detached: true,
+  });
+  const exited = new Promise((r) => child.once('exit', () => r()));
+  return { child, pid: child.pid, exited };
+}
+
+async function stopBare(app, signal = 'SIGTERM') {
+  if (!app || !isAlive(app.pid)) return;
+  killPid(app.pid, signal);
+  if (!(await withTimeout(app.exited, 3_000))) {
+    killPid(app.pid, 'SIGKILL');
+    await withTimeout(app.exited, 3_000);
+  }
+}
+
+async function measureBoot(n) {
+  const samples = [];
+  for (let i = 0; i < n; i++) {
+    const port = await freePort();
+    const t0 = now();
+    const app = startBare(port, 'boot');
+    try {
+      samples.push((await waitHttp(port)) - t0);
+    } finally {
+      await stopBare(app, 'SIGKILL');
+    }
+  }
+  return samples;
+}
+
+// ---------------------------------------------------------------- load generator
+
+function startLoad({ ns, port, mode, rate, durationMs, maxRequests, outFile }) {
+  const args = [LOAD, '--port', String(port), '--host', '127.0.0.1', '--mode', mode, '--conns', String(opts.conns), '--rate', String(rate),
+    '--duration-ms', String(Math.round(durationMs)), '--max-requests', String(Math.round(maxRequests)), '--timeout-ms', String(opts.timeoutMs), '--out', outFile];
+  const [c, a] = nsWrap(ns, process.execPath, args);
+  // Its own session (scheduling autogroup), like the apps it loads.
+  const child = spawnTracked(c, a, { cwd: ROOT, stdio: ['pipe', 'ignore', 'pipe'], detached: true });
+  let errText = '';
+  const started = new Promise((resolve, reject) => {
+    child.stderr.on('data', (d) => {
+      errText += d;
+      if (errText.includes('started')) resolve(now());
+    });
+    child.once('exit', () => reject(new Error(`load generator exited before it started: ${errText.trim()}`)));
+  });
+  started.catch(() => undefined);
+  const exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+  child.stdin.on('error', () => undefined);
+  return {
+    child,
+    started,
+    async stop(waitMs = opts.timeoutMs + 10_000) {
+      child.stdin.end('stop\n');
+      return this.result(waitMs);
+    },
+    async result(waitMs = durationMs + opts.timeoutMs + 10_000) {
+      if (!(await withTimeout(exited, waitMs))) {
+        killPid(child.pid, 'SIGKILL');
+        throw new Error('load generator did not stop in time');
+      }
+      const code = await exited;
+      if (code !== 0) throw new Error(`load generator failed (exit ${code}): ${errText.trim()}`);
+      return JSON.parse(fs.readFileSync(outFile, 'utf8'));
+    },
+  };
+}
+
+// ---------------------------------------------------------------- reuse-deploy
+
+const ISO_LINE = /^(\d{4}-\d\d-\d\dT[\d:.]+Z) (.*)$/;
+
+/**
+ * Where the wall time of one reuse-deploy deploy went: the CLI's timestamped
+ * progress lines (stderr) and the new keeper's log lines, in one timeline.
+ */
+function deployTimeline(r, stateDir, name) {
+  const marks = [];
+  for (const { line } of r.errLines) {
+    const m = ISO_LINE.exec(line);
+    if (m) marks.push({ at: Date.parse(m[1]), src: 'cli', text: m[2] });
+  }
+  const release = (/deployed \S+ (r\d+)/.exec(r.out) || [])[1];
+  if (release) {
+    try {
+      for (const line of fs.readFileSync(path.join(stateDir, name, 'logs', `${release}.log`), 'utf8').split('\n')) {
+        const m = /^(\d{4}-\d\d-\d\dT[\d:.]+Z) \[reuse-deploy [^\]]*\] (.*)$/.exec(line);
+        if (m && Date.parse(m[1]) >= r.t0 - 5) marks.push({ at: Date.parse(m[1]), src: 'keeper', text: m[2] });
+      }
+    } catch {
+      // no log: CLI marks only
+    }
+  }
+  marks.sort((a, b) => a.at - b.at);
+  const find = (src, re) => (marks.find((m) => m.src === src && re.test(m.text)) || {}).at;
+  const t = {
+    spawn: r.t0,
+    cli: marks.length && marks[0].src === 'cli' ? marks[0].at : find('cli', /./),
+    snapshot: find('cli', /^snapshotting /),
+    starting: find('cli', /^starting /),
+    bound: find('keeper', /^bound /),
+    gated: find('keeper', /^phase gated/),
+    health: find('cli', /^checking health/),
+    joining: find('cli', /is healthy; joining/),
+    live: find('keeper', /^phase live/),
+    exit: r.t1,
+  };
+  const span = (a, b) => (t[a] !== undefined && t[b] !== undefined ? Math.round(t[b] - t[a]) : undefined);
+  const phases = {
+    'cli boot': span('spawn', 'cli'),
+    'snapshot': t.snapshot !== undefined ? span('snapshot', 'starting') : undefined,
+    'keeper boot': span('starting', 'bound'),
+    'app boot': span('bound', 'gated'),
+    'gate seen': span('gated', 'health'),
+    'health': span('health', 'joining'),
+    'go-live': span('joining', 'live'),
+    'to exit': span('live', 'exit'),
+  };
+  for (const k of Object.keys(phases)) if (phases[k] === undefined) delete phases[k];
+  const total = /healthy in (\d+) ms, total (\d+) ms/.exec(r.out);
+  return {
+    release: release || null,
+    phases,
+    timeline: marks.map((m) => ({ ms: Math.round(m.at - r.t0), src: m.src, text: m.text })),
+    msToHealthy: total ? Number(total[1]) : null,
+    msTotal: total ? Number(total[2]) : null,
+  };
+}
+
+/** The app pids in the CLI's summary line: "... (pid 123, 456, replaced r1): ...". */
+function appPidsOf(out) {
+  const m = /\(pid ([\d, ]+)/.exec(out);
+  return m ? (m[1].match(/\d+/g) || []).map(Number) : [];
+}
+
+function reuseDeploy(ns, port, stateDir, appEntry, instances = 1) {
+  const name = 'rdbench';
+  const deploy = (version) =>
+    run(process.execPath, [CLI, appEntry, '--port', String(port), '--host', '127.0.0.1', '--name', name, '--state-dir', stateDir, '--env', `VERSION=${version}`, '--env', 'HOST=127.0.0.1', ...(instances > 1 ? ['--instances', String(instances)] : [])], {
+      ns,
+      timeoutMs: 90_000,
+    });
+  const keeperPids = () => {
+    try {
+      return JSON.parse(fs.readFileSync(path.join(stateDir, name, 'state.json'), 'utf8')).instances.map((i) => i.keeperPid);
+    } catch {
+      return [];
+    }
+  };
+  const liveKeeper = () => {
+    try {
+      const live = JSON.parse(fs.readFileSync(path.join(stateDir, name, 'state.json'), 'utf8')).instances.find((i) => i.role === 'live');
+      return live ? live.keeperPid : null;
+    } catch {
+      return null;
+    }
+  };
+  // CPU time a release's keeper has used by the time the next deploy starts
+  // (its boot, go-live, and whatever it does while the old release drains).
+  let pending = null;
+  const settleKeeperCpu = () => {
+    if (!pending) return;
+    const ns = cpuNs(pending.pid);
+    if (Number.isFinite(ns) && cmdlineOf(pending.pid).includes(path.join('keeper', 'main.js'))) pending.record.keeperCpuMs = Math.round(ns / 1e6);
+    pending = null;
+  };
+  const seen = new Set();
+  const killLeftovers = () => {
+    for (const pid of [...seen, ...keeperPids()]) {
+      // Keepers are session leaders: their process group holds their apps.
+      if (pid > 0 && cmdlineOf(pid).includes(path.join('keeper', 'main.js'))) killPid(-pid, 'SIGKILL');
+    }
+  };
+  return {
+    name,
+    async start(version) {
+      const r = mustRun(await deploy(version), `reuse-deploy of ${version}`);
+      for (const p of keeperPids()) seen.add(p);
+      const pids = appPidsOf(r.out).length;
+      if (pids !== instances) throw new Error(`reuse-deploy of ${version} reported ${pids} app process(es), expected ${instances}: ${r.out.trim()}`);
+    },
+    async deploy(version) {
+      settleKeeperCpu();
+      const r = await deploy(version);
+      for (const p of keeperPids()) seen.add(p);
+      const parsed = deployTimeline(r, stateDir, name);
+      const appPids = appPidsOf(r.out);
+      const ok = r.code === 0 && appPids.length === instances;
+      const error = r.code !== 0 ? `${r.out}\n${r.err}`.trim().slice(-2000) : ok ? null : `exit 0, but ${appPids.length} app process(es) reported, expected ${instances}: ${r.out.trim()}`;
+      const record = { ok, t0: r.t0, t1: r.t1, wallMs: r.ms, ...parsed, appPids, error };
+      const kp = liveKeeper();
+      if (record.ok && kp) pending = { record, pid: kp };
+      return record;
+    },
+    async stop() {
+      settleKeeperCpu();
+      const r = await run(process.execPath, [CLI, 'stop', '--name', name, '--state-dir', stateDir, '--drain-timeout', '5s'], { ns, timeoutMs: 30_000 });
+      if (r.code !== 0) log(`reuse-deploy stop exited ${r.code}: ${r.err.trim().split('\n').slice(-3).join(' | ')}`);
+      killLeftovers();
+    },
+    killLeftovers,
+    appPid() {
+      try {
+        const st = JSON.parse(fs.readFileSync(path.join(stateDir, name, 'state.json'), 'utf8'));
+        const live = st.instances.find((i) => i.role === 'live');
+        if (!live) return null;
+        // the app process is the keeper's child
+        const kids = fs.readFileSync(`/proc/${live.keeperPid}/task/${live.keeperPid}/children`, 'utf8').trim().split(/\s+/).map(Number);
+        return kids.find((k) => cmdlineOf(k).includes('bench-app.js')) ?? null;
+      } catch {
+        return null;
+      }
+    },
+  };
+}
+
+// ---------------------------------------------------------------- network namespaces
+
+function nsExists(name) {
+  const r = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+  return r.status === 0 && r.stdout.split('\n').some((l) => l.split(' ')[0] === name);
+}
+
+async function killNsPids(name) {
+  const list = () => {
+    const r = spawnSync('ip', ['netns', 'pids', name], { encoding: 'utf8' });
+    return r.status === 0 ? r.stdout.split(/\s+/).filter(Boolean).map(Number).filter((p) => p !== process.pid) : [];
+  };
+  // Every process in this namespace was started by this benchmark.
+  let pids = list();
+  for (const pid of pids) killPid(pid, 'SIGTERM');
+  for (let i = 0; i < 20 && (pids = list()).length; i++) await sleep(50);
+  for (const pid of pids) killPid(pid, 'SIGKILL');
+}
+
+async function createNs(name, migrate) {
+  if (nsExists(name)) {
+    throw new Error(`network namespace ${name} already exists (left by an earlier run?). Check what runs in it (ip netns pids ${name}), then remove it: ip netns del ${name}`);
+  }
+  mustRun(await run('ip', ['netns', 'add', name]), `ip netns add ${name}`);
+  onCleanup(`netns ${name}`, async () => {
+    await killNsPids(name);
+    const r = await run('ip', ['netns', 'del', name]);
+    if (r.code !== 0) log(`ip netns del ${name} failed: ${r.err.trim()}`);
+  });
+  mustRun(await run('ip', ['link', 'set', 'lo', 'up'], { ns: name }), `ip link set lo up in ${name}`);
+  mustRun(await run('sysctl', ['-w', `net.ipv4.tcp_migrate_req=${migrate}`], { ns: name }), `sysctl in ${name}`);
+  const got = (await run('cat', ['/proc/sys/net/ipv4/tcp_migrate_req'], { ns: name })).out.trim();
+  if (got !== String(migrate)) throw new Error(`tcp_migrate_req in ${name} is ${got}, expected ${migrate}`);
+}
+
+/** Busy and total jiffies of the whole machine, from /proc/stat. */
+function hostCpu() {
+  try {
+    const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+    const total = f.reduce((a, b) => a + b, 0);
+    return { busy: total - f[3] - (f[4] || 0), total };
+  } catch {
+    return { busy: NaN, total: NaN };
+  }
+}
+
+function busyPct(a, b) {
+  return ((b.busy - a.busy) / Math.max(1, b.total - a.total)) * 100;
+}
+
+function currentMigrate() {
+  try {
+    return fs.readFileSync('/proc/sys/net/ipv4/tcp_migrate_req', 'utf8').trim();
+  } catch {
+    return 'unavailable';
+  }
+}
+
+// ---------------------------------------------------------------- statistics
+
+function percentile(sorted, p) {
+  if (!sorted.length) return null;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i];
+}
+
+function median(xs) {
+  const s = xs.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b);
+  if (!s.length) return null;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+function analyze(load, deploys, loadStartedAt) {
+  const firstDeploy = deploys.length ? deploys[0].t0 - load.t0 : Infinity;
+  const restFrom = loadStartedAt - load.t0 + opts.warmupMs;
+  const rest = [];
+  const dep = [];
+  const failed = Object.fromEntries(KINDS.slice(1).map((k) => [k, 0]));
+  const failedAtRest = { ...failed };
+  const bucketMs = 100;
+  const nb = Math.max(1, Math.ceil((load.end - load.t0) / bucketMs) + 1);
+  const okB = new Array(nb).fill(0);
+  const failB = new Array(nb).fill(0);
+  for (let i = 0; i < load.requests; i++) {
+    const s = load.start[i];
+    const k = load.kind[i];
+    const b = Math.min(nb - 1, Math.floor((s + load.lat[i]) / bucketMs)); // bucket of completion
+    if (k === 0) {
+      okB[b]++;
+      if (s >= restFrom && s < firstDeploy) rest.push(load.lat[i]);
+      else if (s >= firstDeploy) dep.push(load.lat[i]);
+    } else {
+      failB[b]++;
+      failed[KINDS[k]]++;
+      if (s < firstDeploy) failedAtRest[KINDS[k]]++;
+    }
+  }
+  rest.sort((a, b) => a - b);
+  dep.sort((a, b) => a - b);
+  const totalFailed = Object.values(failed).reduce((a, b) => a + b, 0);
+  return {
+    requests: load.requests,
+    failed: totalFailed,
+    byKind: failed,
+    failedAtRest,
+    errors: load.errors,
+    versions: load.versions,
+    rest: { n: rest.length, p50: percentile(rest, 50), p99: percentile(rest, 99) },
+    withDeploys: { n: dep.length, p50: percentile(dep, 50), p99: percentile(dep, 99) },
+    buckets: { ms: bucketMs, ok: okB, failed: failB },
+    markers: deploys.map((d) => ({ from: d.t0 - load.t0, to: d.t1 - load.t0, ok: d.ok })),
+    loadMs: load.end - load.t0,
+  };
+}
+
+// ---------------------------------------------------------------- scenarios
+
+async function scenario(config, mode, impl, tmp) {
+  const label = `${config.label} / ${mode}`;
+  log(`${label}: starting v0`);
+  await impl.start('v0');
+  const deploys = [];
+  let load = null;
+  try {
+    const budget = opts.restMs + opts.deploys * (opts.gapMs + 20_000) + 30_000;
+    load = startLoad({
+      ns: config.ns,
+      port: config.port,
+      mode,
+      rate: opts.rate,
+      durationMs: budget,
+      maxRequests: Math.ceil((opts.rate * (opts.restMs + opts.deploys * (opts.gapMs + 10_000) + 10_000)) / 1000) + 1000,
+      outFile: path.join(tmp, `load-${config.key}-${mode}.json`),
+    });
+    const loadStartedAt = await load.started;
+    const cpu0 = hostCpu();
+    await sleep(opts.restMs);
+    for (let i = 1; i <= opts.deploys && !interrupted; i++) {
+      const d = await impl.deploy(`v${i}`);
+      d.version = `v${i}`;
+      deploys.push(d);
+      log(`${label}: deploy ${i}/${opts.deploys} ${d.ok ? 'ok' : 'FAILED'} in ${Math.round(d.wallMs)} ms${d.phases ? ` (${Object.entries(d.phases).map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}`);
+      if (!d.ok && d.error) log(`  ${d.error.split('\n').slice(-4).join('\n  ')}`);
+      await sleep(i === opts.deploys ? opts.settleMs : opts.gapMs);
+    }
+    const result = await load.stop();
+    load = null;
+    const summary = analyze(result, deploys, loadStartedAt);
+    summary.hostCpuPct = busyPct(cpu0, hostCpu());
+    summary.loadavg = os.loadavg()[0];
+    if (deploys.length && result.end < deploys[deploys.length - 1].t1) summary.warning = 'the load generator stopped (time or request bound) before the last deploy ended';
+    const lastVersion = `v${opts.deploys}`;
+    log(`${label}: ${summary.requests} requests, ${summary.failed} failed ${JSON.stringify(summary.byKind)}; versions seen ${Object.keys(summary.versions).length}${summary.versions[lastVersion] ? '' : ` (never saw ${lastVersion}!)`}`);
+    return { config: config.key, label: config.label, mode, ns: config.ns, instances: config.instances || 1, port: config.port, deploys, summary, raw: { t0: result.t0, end: result.end, start: result.start, lat: result.lat, kind: result.kind, truncated: result.truncated } };
+  } finally {
+    if (load) {
+      load.child.stdin.end();
+      await load.result(opts.timeoutMs + 5_000).catch(() => undefined);
+    }
+    log(`${label}: stopping`);
+    await impl.stop();
+  }
+}
+
+function plainImpl(port) {
+  let app = null;
+  return {
+    async start(version) {
+      app = startBare(port, version);
+      await waitHttp(port, 15_000, version);
+    },
+    async deploy(version) {
+      const t0 = now();
+      await stopBare(app, 'SIGTERM');
+      const tExit = now();
+      app = startBare(port, version);
+      try {
+        const t1 = await waitHttp(port, 15_000, version);
+        return { ok: true, t0, t1, wallMs: t1 - t0, phases: { 'old exit': Math.round(tExit - t0), 'new boot': Math.round(t1 - tExit) } };
+      } catch (err) {
+        return { ok: false, t0, t1: now(), wallMs: now() - t0, error: err.message };
+      }
+    },
+    async stop() {
+      await stopBare(app, 'SIGTERM');
+    },
+  };
+}
+
+function pm2Impl(port, pm2Home) {
+  const name = 'rdbench-app';
+  const env = (version) => ({ ...process.env, FORCE_COLOR: '0', NO_COLOR: '1', PM2_HOME: pm2Home, PORT: String(port), HOST: '127.0.0.1', VERSION: version });
+  const pm2 = (args, version, timeoutMs = 60_000) => run(PM2, args, { env: env(version), timeoutMs });
+  return {
+    async start(version) {
+      mustRun(await pm2(['start', APP, '-i', '2', '--name', name, '--kill-timeout', '1600'], version), 'pm2 start');
+      await waitHttp(port, 15_000, version);
+    },
+    async deploy(version) {
+      const r = await pm2(['reload', name, '--update-env'], version);
+      const ok = r.code === 0;
+      return { ok, t0: r.t0, t1: r.t1, wallMs: r.ms, error: ok ? null : `${r.out}\n${r.err}`.trim().slice(-2000) };
+    },
+    async stop() {
+      await pm2(['delete', name], 'v0', 30_000);
+    },
+  };
+}
+
+async function pm2Kill(pm2Home) {
+  if (!fs.existsSync(pm2Home)) return;
+  const r = await run(PM2, ['kill'], { env: { ...process.env, PM2_HOME: pm2Home }, timeoutMs: 30_000 });
+  if (r.code !== 0) log(`pm2 kill exited ${r.code}`);
+  // Belt and braces: the daemon we started, by its pid file.
+  try {
+    const pid = Number(fs.readFileSync(path.join(pm2Home, 'pm2.pid'), 'utf8'));
+    if (pid > 0 && isAlive(pid) && cmdlineOf(pid).includes('PM2')) killPid(pid, 'SIGKILL');
+  } catch {
+    // no pid file: the daemon is gone
+  }
+}
+
+// ---------------------------------------------------------------- preload overhead
+
+/** CPU time (ns) used so far by every thread of `pid`, from /proc/<pid>/task/<tid>/schedstat. */
+function cpuNs(pid) {
+  let total = 0;
+  try {
+    for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+      try {
+        total += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+      } catch {
+        // thread gone meanwhile
+      }
+    }
+  } catch {
+    return NaN;
+  }
+  return total;
+}
+
+/**
+ * The runtime preload's cost: the app bare, with the inert preload, and
+ * deployed by reuse-deploy (preload active, behind a keeper). The three run
+ * side by side and are loaded at the same time, each by its own load
+ * generator (keep-alive, closed loop), so that whatever else the machine
+ * does hits all three alike; per round we compare each to the bare app
+ * (throughput, and CPU time of the app process per request), and report the
+ * median ratio over the rounds and its range.
+ */
+async function measureOverhead(tmp, appEntry) {
+  const bare = { key: 'bare', label: 'bare node', port: await freePort() };
+  bare.app = startBare(bare.port, 'v0');
+  onCleanup('overhead bare app', () => stopBare(bare.app, 'SIGKILL'));
+  const pre = { key: 'preload', label: 'node --require preload (inert)', port: await freePort() };
+  pre.app = startBare(pre.port, 'v0', { preload: true });
+  onCleanup('overhead preload app', () => stopBare(pre.app, 'SIGKILL'));
+  const dep = { key: 'deployed', label: 'deployed by reuse-deploy', port: await freePort() };
+  const rd = reuseDeploy(null, dep.port, path.join(tmp, 'state-overhead'), appEntry);
+  onCleanup('overhead reuse-deploy', () => rd.stop());
+  await rd.start('v0');
+  await waitHttp(bare.port, 15_000, 'v0');
+  await waitHttp(pre.port, 15_000, 'v0');
+  await waitHttp(dep.port, 15_000, 'v0');
+  bare.pid = bare.app.pid;
+  pre.pid = pre.app.pid;
+  dep.pid = rd.appPid();
+  if (!dep.pid) throw new Error('could not find the pid of the deployed app process');
+  const variants = [bare, pre, dep];
+  for (const v of variants) v.rounds = [];
+  const windowMs = opts.overheadWindowMs;
+  for (let round = 0; round < opts.overheadRounds && !interrupted; round++) {
+    const loads = variants.map((v) => startLoad({ ns: null, port: v.port, mode: 'ka', rate: 0, durationMs: windowMs + opts.warmupMs, maxRequests: 2_000_000, outFile: path.join(tmp, `overhead-${v.key}-${round}.json`) }));
+    await Promise.all(loads.map((l) => l.started));
+    await sleep(opts.warmupMs);
+    const c0 = variants.map((v) => cpuNs(v.pid));
+    const results = await Promise.all(loads.map((l) => l.result()));
+    const c1 = variants.map((v) => cpuNs(v.pid));
+    variants.forEach((v, i) => {
+      const r = results[i];
+      let n = 0;
+      let all = 0;
+      let failedN = 0;
+      for (let k = 0; k < r.requests; k++) {
+        if (r.kind[k] !== 0) failedN++;
+        if (r.start[k] >= opts.warmupMs) {
+          all++;
+          if (r.kind[k] === 0) n++;
+        }
+      }
+      v.rounds.push({ rps: n / ((r.end - r.t0 - opts.warmupMs) / 1000), cpuUsPerReq: (c1[i] - c0[i]) / 1000 / Math.max(1, all), requests: r.requests, failed: failedN });
+    });
+    log(`overhead round ${round + 1}: ${variants.map((v) => `${v.key} ${Math.round(v.rounds[round].rps)} req/s, ${v.rounds[round].cpuUsPerReq.toFixed(1)} µs/req`).join('; ')}`);
+  }
+  const out = variants.map((v) => {
+    const rpsRatio = v.rounds.map((x, i) => (x.rps / bare.rounds[i].rps - 1) * 100);
+    const cpuRatio = v.rounds.map((x, i) => (x.cpuUsPerReq / bare.rounds[i].cpuUsPerReq - 1) * 100);
+    return {
+      key: v.key,
+      label: v.label,
+      pid: v.pid,
+      rps: median(v.rounds.map((x) => x.rps)),
+      cpuUsPerReq: median(v.rounds.map((x) => x.cpuUsPerReq)),
+      rpsDiffPct: median(rpsRatio),
+      rpsDiffRange: [Math.min(...rpsRatio), Math.max(...rpsRatio)],
+      cpuDiffPct: median(cpuRatio),
+      cpuDiffRange: [Math.min(...cpuRatio), Math.max(...cpuRatio)],
+      failed: v.rounds.reduce((a, x) => a + x.failed, 0),
+      rounds: v.rounds,
+    };
+  });
+  await rd.stop();
+  await stopBare(bare.app, 'SIGKILL');
+  await stopBare(pre.app, 'SIGKILL');
+  return out;
+}
+
+// ---------------------------------------------------------------- output
+
+function fmt(x, digits = 1) {
+  if (x === null || x === undefined || !Number.isFinite(x)) return '-';
+  return x.toFixed(digits);
+}
+
+function table(headers, rows, alignLeft = 2) {
+  const w = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
+  const line = (cells) => cells.map((c, i) => (i < alignLeft ? String(c).padEnd(w[i]) : String(c).padStart(w[i]))).join('  ');
+  return [line(headers), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n');
+}
+
+function esc(s) {
+  return String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+}
+
+function svgPicture(scenarios, title) {
+  const W = 1000;
+  const PH = 170;
+  const ml = 60;
+  const mr = 60;
+  const mt = 26;
+  const mb = 24;
+  const top = 52;
+  const H = top + scenarios.length * PH + 20;
+  const parts = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="11">`,
+    `<rect width="${W}" height="${H}" fill="white"/>`,
+    `<text x="${ml}" y="22" font-size="14" font-weight="bold">${esc(title)}</text>`,
+    `<text x="${ml}" y="40" fill="#555"><tspan fill="#1f77b4">━ ok req/s (left axis)</tspan>  <tspan fill="#d62728">▮ failed per 100 ms (right axis)</tspan>  <tspan fill="#888">┆ deploy start, shaded until the command returned</tspan></text>`,
+  ];
+  scenarios.forEach((s, idx) => {
+    const y0 = top + idx * PH;
+    const pw = W - ml - mr;
+    const ph = PH - mt - mb;
+    const b = s.summary.buckets;
+    const n = Math.max(1, Math.floor(s.summary.loadMs / b.ms)); // whole buckets only
+    const tMax = (n * b.ms) / 1000;
+    const rps = b.ok.slice(0, n).map((c) => (c * 1000) / b.ms);
+    const failed = b.failed.slice(0, n);
+    const yMax = Math.max(10, ...rps) * 1.1;
+    const fMax = Math.max(1, ...failed);
+    const X = (sec) => ml + (sec / tMax) * pw;
+    const Y = (v) => y0 + mt + ph - (v / yMax) * ph;
+    const YF = (v) => y0 + mt + ph - (v / fMax) * ph * 0.9;
+    parts.push(`<g>`);
+    parts.push(`<text x="${ml}" y="${y0 + mt - 8}" font-weight="bold">${esc(`${s.label} / ${s.mode === 'ka' ? 'keep-alive' : 'new connection per request'}`)}</text>`);
+    parts.push(`<text x="${W - mr}" y="${y0 + mt - 8}" text-anchor="end" fill="#333">${esc(`${s.summary.requests} requests, ${s.summary.failed} failed (connect ${s.summary.byKind.connect}, reset ${s.summary.byKind.reset}, timeout ${s.summary.byKind.timeout}, non-2xx ${s.summary.byKind.non2xx})`)}</text>`);
+    parts.push(`<rect x="${ml}" y="${y0 + mt}" width="${pw}" height="${ph}" fill="#fafafa" stroke="#ccc"/>`);
+    for (const m of s.summary.markers) {
+      if (m.from / 1000 >= tMax) continue;
+      const xa = X(m.from / 1000);
+      const xb = Math.min(ml + pw, Math.max(xa + 1, X(m.to / 1000)));
+      parts.push(`<rect x="${xa.toFixed(1)}" y="${y0 + mt}" width="${(xb - xa).toFixed(1)}" height="${ph}" fill="${m.ok ? '#e0e0e0' : '#f6c6c6'}"/>`);
+      parts.push(`<line x1="${xa.toFixed(1)}" x2="${xa.toFixed(1)}" y1="${y0 + mt}" y2="${y0 + mt + ph}" stroke="#888" stroke-dasharray="3,2"/>`);
+    }
+    const step = tMax > 30 ? 5 : tMax > 10 ? 2 : 1;
+    for (let t = 0; t <= tMax; t += step) {
+      parts.push(`<line x1="${X(t).toFixed(1)}" x2="${X(t).toFixed(1)}" y1="${y0 + mt + ph}" y2="${y0 + mt + ph + 4}" stroke="#666"/>`);
+      parts.push(`<text x="${X(t).toFixed(1)}" y="${y0 + mt + ph + 15}" text-anchor="middle" fill="#555">${t}s</text>`);
+    }
+    parts.push(`<text x="${ml - 4}" y="${Y(yMax / 1.1) + 4}" text-anchor="end" fill="#1f77b4">${Math.round(yMax / 1.1)}</text>`);
+    parts.push(`<text x="${ml - 4}" y="${y0 + mt + ph}" text-anchor="end" fill="#1f77b4">0</text>`);
+    parts.push(`<text x="${W - mr + 4}" y="${YF(fMax) + 4}" fill="#d62728">${fMax}</text>`);
+    parts.push(`<text x="${W - mr + 4}" y="${y0 + mt + ph}" fill="#d62728">0</text>`);
+    const bw = Math.max(1, pw / n);
+    failed.forEach((f, i) => {
+      if (f > 0) parts.push(`<rect x="${X((i * b.ms) / 1000).toFixed(1)}" y="${YF(f).toFixed(1)}" width="${bw.toFixed(1)}" height="${(y0 + mt + ph - YF(f)).toFixed(1)}" fill="#d62728"/>`);
+    });
+    const pts = rps.map((v, i) => `${X(((i + 0.5) * b.ms) / 1000).toFixed(1)},${Y(v).toFixed(1)}`).join(' ');
+    parts.push(`<polyline points="${pts}" fill="none" stroke="#1f77b4" stroke-width="1.2"/>`);
+    parts.push(`</g>`);
+  });
+  parts.push('</svg>');
+  return parts.join('\n');
+}
+
+// ---------------------------------------------------------------- main
+
+let appEntry = APP;
+
+async function main() {
+  if (!fs.existsSync(CLI) || !fs.existsSync(PRELOAD)) throw new Error('dist/ is missing: build first with `npx tsc -p .`');
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'rdbench-'));
+  onCleanup('temp dir', () => {
+    if (opts.keepTmp) log(`temp files kept in ${tmp}`);
+    else fs.rmSync(tmp, { recursive: true, force: true });
+  });
+  // reuse-deploy snapshots the app's directory on every deploy: give it a
+  // directory of its own holding just the app (a copy of scripts/bench-app.js).
+  const appDir = path.join(tmp, 'app');
+  fs.mkdirSync(appDir);
+  fs.writeFileSync(path.join(appDir, 'package.json'), JSON.stringify({ name: 'rdbench-app', version: '1.0.0', private: true, main: 'bench-app.js' }));
+  fs.copyFileSync(APP, path.join(appDir, 'bench-app.js'));
+  appEntry = path.join(appDir, 'bench-app.js');
+  const notes = [];
+  const meta = {
+    date: new Date().toISOString(),
+    node: process.version,
+    kernel: os.release(),
+    cpus: os.cpus().length,
+    root: IS_ROOT,
+    loadavgStart: os.loadavg(),
+    options: opts,
+    git: spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).stdout.trim() || null,
+  };
+  log(`${opts.quick ? 'quick run' : 'full run'}: ${opts.deploys} deploys per configuration and mode, ${opts.rate} req/s over ${opts.conns} connections, modes ${opts.modes.join(',')}`);
+
+  // Configurations.
+  let configs = [
+    { key: 'plain', label: 'plain restart', ns: null },
+    { key: 'pm2', label: 'pm2 reload (cluster, 2)', ns: null },
+  ];
+  let useNs = IS_ROOT;
+  if (IS_ROOT) {
+    try {
+      await createNs('rdbench-0', 0);
+      await createNs('rdbench-1', 1);
+    } catch (err) {
+      if (/already exists/.test(err.message)) throw err;
+      useNs = false;
+      notes.push(`could not create network namespaces (${err.message.split('\n')[0]}): reuse-deploy runs in the current namespace only`);
+    }
+  } else {
+    notes.push(`not root: reuse-deploy runs only in the current network namespace (net.ipv4.tcp_migrate_req=${currentMigrate()}); the tcp_migrate_req=1 configuration is skipped`);
+  }
+  if (useNs) {
+    configs.push({ key: 'rd-mig0', label: 'reuse-deploy migrate_req=0', ns: 'rdbench-0' }, { key: 'rd-mig1', label: 'reuse-deploy migrate_req=1', ns: 'rdbench-1' });
+    configs.push({ key: 'rd-mig0-n2', label: 'reuse-deploy migrate_req=0, 2 inst', ns: 'rdbench-0', instances: 2 }, { key: 'rd-mig1-n2', label: 'reuse-deploy migrate_req=1, 2 inst', ns: 'rdbench-1', instances: 2 });
+  } else {
+    configs.push({ key: 'rd-cur', label: `reuse-deploy (this netns, migrate_req=${currentMigrate()})`, ns: null });
+    configs.push({ key: 'rd-cur-n2', label: `reuse-deploy (this netns, migrate_req=${currentMigrate()}), 2 inst`, ns: null, instances: 2 });
+  }
+  notes.push('plain restart and pm2 run in the current network namespace' + (useNs ? '; reuse-deploy, its app and its load generator run in namespaces rdbench-0 / rdbench-1' : ''));
+  if (opts.configs) {
+    const known = configs.map((c) => c.key);
+    for (const k of opts.configs) {
+      if (known.includes(k)) continue;
+      if (['rd-mig0', 'rd-mig1', 'rd-mig0-n2', 'rd-mig1-n2', 'rd-cur', 'rd-cur-n2'].includes(k)) notes.push(`--configs ${k}: not available here (${useNs ? 'network namespaces are in use' : 'no network namespaces'}); skipped`);
+      else throw new Error(`--configs: unknown configuration ${k} (available: ${known.join(', ')})`);
+    }
+    configs = configs.filter((c) => opts.configs.includes(c.key));
+  }
+
+  // Boot time of the bare app.
+  log(`measuring the bare app's boot time (${opts.bootSamples} samples)`);
+  const bootSamples = await measureBoot(opts.bootSamples);
+  const bootMs = median(bootSamples);
+  log(`boot: median ${fmt(bootMs)} ms (${bootSamples.map((x) => Math.round(x)).join(', ')})`);
+
+  const scenarios = [];
+  const pm2Home = path.join(tmp, 'pm2');
+  for (const config of configs) {
+    if (interrupted) break;
+    config.port = config.ns ? NS_PORT : await freePort();
+    for (const mode of opts.modes) {
+      if (interrupted) break;
+      let impl;
+      if (config.key === 'plain') impl = plainImpl(config.port);
+      else if (config.key === 'pm2') {
+        if (!fs.existsSync(pm2Home)) {
+          fs.mkdirSync(pm2Home, { recursive: true });
+          onCleanup('pm2 kill', () => pm2Kill(pm2Home));
+        }
+        impl = pm2Impl(config.port, pm2Home);
+      } else {
+        const rd = reuseDeploy(config.ns, config.port, path.join(tmp, `state-${config.key}-${mode}`), appEntry, config.instances || 1);
+        onCleanup(`reuse-deploy ${config.key}/${mode}`, () => rd.killLeftovers());
+        impl = rd;
+      }
+      try {
+        scenarios.push(await scenario(config, mode, impl, tmp));
+      } catch (err) {
+        if (interrupted) break;
+        log(`${config.label} / ${mode} FAILED: ${err.message}`);
+        notes.push(`${config.label} / ${mode}: scenario failed: ${err.message.split('\n')[0]}`);
+      }
+    }
+    if (config.key === 'pm2' && fs.existsSync(pm2Home)) await pm2Kill(pm2Home);
+  }
+
+  let overhead = null;
+  if (!interrupted) {
+    log(`measuring the runtime preload's overhead (${opts.overheadRounds} round(s) of ${opts.overheadWindowMs} ms, three variants loaded at once)`);
+    try {
+      overhead = await measureOverhead(tmp, appEntry);
+    } catch (err) {
+      log(`overhead measurement failed: ${err.message}`);
+      notes.push(`preload overhead: measurement failed: ${err.message.split('\n')[0]}`);
+    }
+  }
+  if (interrupted) return;
+  meta.loadavgEnd = os.loadavg();
+  meta.durationS = (now() - T_START) / 1000;
+
+  // ---- the table
+  const rows = scenarios.map((s) => {
+    const d = s.deploys.filter((x) => x.ok);
+    const wall = median(d.map((x) => x.wallMs));
+    const r = s.summary;
+    return [
+      s.label,
+      s.mode === 'ka' ? 'keep-alive' : 'conn/req',
+      `${d.length}/${s.deploys.length}`,
+      r.requests,
+      r.failed,
+      r.byKind.connect,
+      r.byKind.reset,
+      r.byKind.timeout,
+      r.byKind.non2xx + r.byKind.other,
+      fmt(r.rest.p50, 2),
+      fmt(r.rest.p99, 2),
+      fmt(r.withDeploys.p50, 2),
+      fmt(r.withDeploys.p99, 2),
+      r.rest.p99 ? fmt(r.withDeploys.p99 / r.rest.p99, 2) : '-',
+      fmt(wall, 0),
+      fmt(wall - bootMs, 0),
+      `${fmt(r.hostCpuPct, 0)}%`,
+    ];
+  });
+  const out = [];
+  out.push(`reuse-deploy benchmark  ${meta.date}  node ${meta.node}, kernel ${meta.kernel}, ${meta.cpus} CPUs, load avg ${meta.loadavgStart.map((x) => x.toFixed(2)).join(' ')} at start`);
+  out.push(`load: ${opts.rate} req/s over ${opts.conns} connections, request timeout ${opts.timeoutMs} ms; ${opts.deploys} deploys per row, ${opts.gapMs} ms apart; rest window ${opts.restMs} ms before the first deploy`);
+  out.push(`latency in ms, of 2xx answers; "rest" = before the first deploy (after ${opts.warmupMs} ms warm-up), "dep" = from the first deploy on; other = non-2xx + other errors;`);
+  out.push('wall = deploy command wall time (plain restart: SIGTERM to first 2xx of the new version), ms; host CPU = whole machine busy during the row (all processes, ours and others)');
+  out.push(`app boot time (spawn of bare \`node scripts/bench-app.js\` to first 2xx, median of ${bootSamples.length}): ${fmt(bootMs)} ms`);
+  out.push('');
+  out.push(table(['configuration', 'mode', 'deploys', 'requests', 'failed', 'connect', 'reset', 'timeout', 'other', 'p50 rest', 'p99 rest', 'p50 dep', 'p99 dep', 'p99 x', 'wall med', 'wall-boot', 'host CPU'], rows));
+
+  const rdScen = scenarios.filter((s) => s.config.startsWith('rd-'));
+  if (rdScen.length) {
+    const keys = [];
+    for (const s of rdScen) for (const d of s.deploys) for (const k of Object.keys(d.phases || {})) if (!keys.includes(k)) keys.push(k);
+    out.push('');
+    out.push('reuse-deploy deploy phases (median ms, from the CLI\'s timestamped progress lines; "cli boot" = spawn to its first line):');
+    out.push(table(['configuration', 'mode', ...keys, 'wall', 'keeper CPU'], rdScen.map((s) => [s.label, s.mode === 'ka' ? 'keep-alive' : 'conn/req', ...keys.map((k) => fmt(median(s.deploys.filter((d) => d.ok).map((d) => d.phases && d.phases[k])), 0)), fmt(median(s.deploys.filter((d) => d.ok).map((d) => d.wallMs)), 0), fmt(median(s.deploys.map((d) => d.keeperCpuMs)), 0)])));
+    out.push('keeper CPU = CPU time (ms) the new release\'s keeper had used by the start of the next deploy (median)');
+  }
+
+  if (overhead) {
+    out.push('');
+    const pct = (x) => (x === null || !Number.isFinite(x) ? '-' : `${x >= 0 ? '+' : ''}${fmt(x, 1)}%`);
+    const range = (r) => (overhead[0].rounds.length > 1 ? `${pct(r[0])}..${pct(r[1])}` : '-');
+    out.push(`runtime preload overhead: the three variants side by side, loaded at the same time (keep-alive, closed loop, ${opts.conns} connections each), ${overhead[0].rounds.length} round(s) of ${opts.overheadWindowMs} ms; vs bare = median over rounds of the per-round difference (range); CPU = the app process's CPU time per request:`);
+    out.push(table(['variant', 'req/s', 'vs bare', 'range', 'CPU µs/req', 'vs bare', 'range'], overhead.map((v, i) => [v.label, fmt(v.rps, 0), i ? pct(v.rpsDiffPct) : '', i ? range(v.rpsDiffRange) : '', fmt(v.cpuUsPerReq, 1), i ? pct(v.cpuDiffPct) : '', i ? range(v.cpuDiffRange) : '']), 1));
+  }
+
+  // ---- targets
+  const targets = [];
+  for (const s of rdScen) {
+    const m = s.mode === 'ka' ? 'keep-alive' : 'conn/req';
+    const wall = median(s.deploys.filter((x) => x.ok).map((x) => x.wallMs));
+    targets.push({ target: `${s.label} ${m}: 0 failed requests`, value: s.summary.failed, pass: s.summary.failed === 0 && s.deploys.every((d) => d.ok) });
+    const ratio = s.summary.rest.p99 ? s.summary.withDeploys.p99 / s.summary.rest.p99 : null;
+    targets.push({ target: `${s.label} ${m}: p99 with deploys <= 1.5x p99 at rest`, value: ratio === null ? null : `${fmt(ratio, 2)}x`, pass: ratio !== null && ratio <= 1.5 });
+    targets.push({ target: `${s.label} ${m}: deploy wall - boot <= 150 ms`, value: `${fmt(wall - bootMs, 0)} ms`, pass: wall !== null && wall - bootMs <= 150 });
+  }
+  if (overhead) {
+    const pct = (x) => `${x >= 0 ? '+' : ''}${fmt(x, 1)}%`;
+    for (const v of overhead.slice(1)) {
+      // Throughput may drop at most 1%, CPU per request may grow at most 1%.
+      const unsure = (r, lo, hi) => (r[0] < lo && r[1] > hi ? `; inconclusive: per-round range ${pct(r[0])}..${pct(r[1])}` : '');
+      targets.push({ target: `preload overhead <= 1% (${v.label}), throughput`, value: `${pct(v.rpsDiffPct)} vs bare${unsure(v.rpsDiffRange, -1, -1)}`, pass: v.rpsDiffPct >= -1 });
+      targets.push({ target: `preload overhead <= 1% (${v.label}), CPU per request`, value: `${pct(v.cpuDiffPct)} vs bare${unsure(v.cpuDiffRange, 1, 1)}`, pass: v.cpuDiffPct <= 1 });
+    }
+  }
+  out.push('');
+  out.push('targets:');
+  for (const t of targets) out.push(`  ${t.pass ? 'PASS' : 'FAIL'}  ${t.target}: ${t.value ?? '-'}`);
+  const loadEnd = os.loadavg();
+  if (meta.loadavgStart[0] > 1 || loadEnd[0] > 3) notes.push(`the machine was busy (load average ${meta.loadavgStart[0].toFixed(2)} at start, ${loadEnd[0].toFixed(2)} at end, ${meta.cpus} CPUs): latency and overhead numbers are noisy`);
+  if (notes.length) {
+    out.push('');
+    out.push('notes:');
+    for (const n of notes) out.push(`  - ${n}`);
+  }
+
+  // ---- files
+  process.stdout.write(out.join('\n') + '\n');
+  out.length = 0;
+  fs.mkdirSync(RESULTS, { recursive: true });
+  const stem = path.join(RESULTS, `bench-${meta.date.replace(/[:.]/g, '-')}${opts.quick ? '-quick' : ''}`);
+  const json = { meta, notes, boot: { samples: bootSamples, medianMs: bootMs }, scenarios, overhead, targets };
+  fs.writeFileSync(`${stem}.json`, JSON.stringify(json));
+  fs.writeFileSync(`${stem}.svg`, svgPicture(scenarios, `reuse-deploy benchmark ${meta.date}: throughput and failures per 100 ms`));
+  out.push(`raw results: ${path.relative(ROOT, stem)}.json  picture: ${path.relative(ROOT, stem)}.svg  (run took ${fmt(meta.durationS, 0)} s)`);
+  process.stdout.write(out.join('\n') + '\n');
+}
+
+let exitCode = 0;
+main()
+  .catch((err) => {
+    if (!interrupted) {
+      log(`failed: ${err.stack || err}`);
+      exitCode = 1;
+    }
+  })
+  .finally(async () => {
+    if (interrupted) return; // the signal handler cleans up and exits
+    await cleanupAll();
+    process.exit(exitCode);
+  });
