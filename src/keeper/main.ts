@@ -18,6 +18,8 @@ import { countPeers, detachWhenAlone, steerToSelf } from './steering';
 import { watchLogSize } from './logs';
 import { CRASH_LOOP, nextRestartDelay } from './supervise';
 
+(require('node:module') as { enableCompileCache?: () => unknown }).enableCompileCache?.(); // Node >= 22.1
+
 const config = JSON.parse(process.env[KEEPER_CONFIG_ENV] ?? 'null') as KeeperConfig | null;
 if (!config) {
   process.stderr.write('reuse-deploy keeper: started without configuration; it is started by the reuse-deploy CLI only.\n');
