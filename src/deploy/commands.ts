@@ -186,7 +186,6 @@ export async function deployCommand(input: DeployInput, progress: Progress): Pro
       drainTimeoutMs: input.drainTimeoutMs,
       handshakeGraceMs: input.handshakeGraceMs,
       parkMs: input.parkMs,
-      env: {},
     };
     if (parked) {
       const result = await unpark(paths, state, parked, cutoverOptions, progress);

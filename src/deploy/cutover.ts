@@ -18,7 +18,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DeployError } from '../errors';
 import type { KeeperStatus } from '../protocol';
-import { isHealthy, probe, type HealthRule, type ProbeResult } from './health';
+import { isHealthy, probe, warmUpProbes, type HealthRule, type ProbeResult } from './health';
 import { keeperDrain, keeperLive, keeperUnpark, keeperWait, tryKeeperStatus } from './keeper-client';
 import { logTail, spawnKeeper, stopInstance, waitForKeeper, type Spawned } from './instances';
 import type { AppPaths } from './paths';
@@ -37,7 +37,6 @@ export interface CutoverOptions {
   handshakeGraceMs: number;
   /** Keep the old release up, closed to traffic, this long for an instant rollback (0: no parking). */
   parkMs: number;
-  env: Record<string, string>;
 }
 
 export interface CutoverResult {
@@ -64,7 +63,9 @@ async function waitListening(spawned: Spawned, port: number, deadline: number): 
   let last: KeeperStatus | null = null;
   for (;;) {
     const wait = Math.max(0, Math.min(5_000, deadline - Date.now()));
-    last = (await keeperWait(spawned.instance.controlSocket, ['gated', 'failed'], wait).catch(() => null)) ?? last;
+    const answer = keeperWait(spawned.instance.controlSocket, ['gated', 'failed'], wait).catch(() => null);
+    warmUpProbes(); // the app boots meanwhile; load the probe client now, not after it listens
+    last = (await answer) ?? last;
     if (last?.phase === 'failed' && last.error) throw failure(spawned, last.error.code as DeployError['code'], last.error.message);
     if (last?.phase === 'gated') return last;
     if (Date.now() > deadline) {
@@ -144,7 +145,6 @@ export async function cutover(paths: AppPaths, state: AppState, release: Release
     host: options.host,
     port: options.port,
     instances: options.instances,
-    env: options.env,
     gateTimeoutMs: options.healthTimeoutMs + 30_000,
   });
   state.instances.push(spawned.instance);

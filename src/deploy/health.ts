@@ -2,7 +2,10 @@
 // injects each probe connection into the app's own server, so the answer
 // comes from the app's handler on that one process, before it takes any
 // public traffic. TLS apps are probed with TLS over the same socket.
-import { newClient } from './http-client';
+import { loadUndici, newClient } from './http-client';
+
+/** Loads undici ahead of the first probe, while the CLI only waits for the app to boot. */
+export const warmUpProbes = loadUndici;
 
 export interface ProbeResult {
   status: number | null;

@@ -1,9 +1,12 @@
-// The one place the CLI gets an undici Client. undici is loaded on first
-// use rather than at start-up: the CLI spawns the new release first and
-// loads it while that boots.
+// The one place the CLI gets an undici Client, for health probes. undici is
+// loaded on first use, not at start-up: the CLI spawns the new release first
+// and loads it while that boots (see warmUpProbes).
 import type { Client } from 'undici';
 
+export function loadUndici(): typeof import('undici') {
+  return require('undici') as typeof import('undici');
+}
+
 export function newClient(...args: ConstructorParameters<typeof Client>): Client {
-  const undici = require('undici') as typeof import('undici');
-  return new undici.Client(...args);
+  return new (loadUndici().Client)(...args);
 }

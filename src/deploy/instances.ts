@@ -26,7 +26,6 @@ export interface SpawnOptions {
   host: string;
   port: number;
   instances: number;
-  env: Record<string, string>;
   gateTimeoutMs: number;
 }
 
@@ -52,7 +51,7 @@ export function spawnKeeper(paths: AppPaths, release: Release, options: SpawnOpt
     host: options.host,
     port: options.port,
     instances: options.instances,
-    env: { PORT: String(options.port), REUSE_DEPLOY_RELEASE: release.id, REUSE_DEPLOY_APP: options.app, ...release.env, ...options.env },
+    env: { PORT: String(options.port), REUSE_DEPLOY_RELEASE: release.id, REUSE_DEPLOY_APP: options.app, ...release.env },
     controlSocket,
     probeSocketPrefix,
     gateTimeoutMs: options.gateTimeoutMs,
@@ -130,7 +129,9 @@ export async function waitForKeeper(spawned: Spawned, timeoutMs: number): Promis
   let exitCode: number | null | undefined;
   void spawned.exited.then((code) => (exitCode = code));
   for (;;) {
-    const status = await tryKeeperStatus(spawned.instance.controlSocket, 1_000);
+    // Watching for the socket file costs a stat; a refused HTTP request costs far more CPU,
+    // which the keeper and the app need while they boot.
+    const status = fs.existsSync(spawned.instance.controlSocket) ? await tryKeeperStatus(spawned.instance.controlSocket, 1_000) : null;
     if (status) return status;
     if (exitCode !== undefined || Date.now() > deadline) {
       throw new DeployError(
@@ -141,7 +142,7 @@ export async function waitForKeeper(spawned: Spawned, timeoutMs: number): Promis
         { logTail: logTail(spawned.logFile, spawned.logOffset) },
       );
     }
-    await sleep(20);
+    await sleep(10);
   }
 }
 

@@ -1,24 +1,35 @@
-// Talks to a keeper's control socket (HTTP over a unix socket, with undici).
-import { newClient } from './http-client';
+// Talks to a keeper's control socket: HTTP over a unix socket, JSON bodies.
+// node:http rather than undici here: these calls come first in every command
+// and must not wait for undici to load (~100-200 ms); health probes, which
+// come later, use undici (src/deploy/health.ts).
+import http from 'node:http';
 import type { KeeperStatus } from '../protocol';
 
-async function call<T>(socketPath: string, method: 'GET' | 'POST', path: string, body: unknown, timeoutMs: number): Promise<T> {
-  const client = newClient('http://keeper', { socketPath, connectTimeout: timeoutMs });
-  try {
-    const res = await client.request({
-      method,
-      path,
-      headers: { 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      headersTimeout: timeoutMs,
-      bodyTimeout: timeoutMs,
-    });
-    const json = (await res.body.json()) as T & { error?: string };
-    if (res.statusCode >= 400) throw new Error(json.error ?? `keeper answered ${res.statusCode}`);
-    return json;
-  } finally {
-    await client.close().catch(() => undefined);
-  }
+function call<T>(socketPath: string, method: 'GET' | 'POST', path: string, body: unknown, timeoutMs: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const req = http.request(
+      { socketPath, method, path, agent: false, headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {} },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (text += chunk));
+        res.on('end', () => {
+          try {
+            const json = JSON.parse(text) as T & { error?: string };
+            if ((res.statusCode ?? 500) >= 400) reject(new Error(json.error ?? `keeper answered ${res.statusCode}`));
+            else resolve(json);
+          } catch (err) {
+            reject(err);
+          }
+        });
+        res.on('error', reject);
+      },
+    );
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`the keeper did not answer ${method} ${path} within ${timeoutMs} ms`)));
+    req.on('error', reject);
+    req.end(payload);
+  });
 }
 
 export function keeperStatus(socketPath: string, timeoutMs = 2_000): Promise<KeeperStatus> {
