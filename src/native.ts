@@ -114,7 +114,7 @@ interface Loaded {
 
 let cached: Loaded | undefined;
 
-function tryRequire(file: string, tried: string[]): Addon | undefined {
+function tryLoad(file: string, tried: string[]): Addon | undefined {
   if (!fs.existsSync(file)) {
     tried.push(`${file}: missing`);
     return undefined;
@@ -150,7 +150,7 @@ function load(): Loaded {
   const override = process.env.REUSE_DEPLOY_ADDON;
   if (override) {
     const file = path.resolve(override);
-    const addon = tryRequire(file, tried);
+    const addon = tryLoad(file, tried);
     if (addon) return (cached = { addon, file });
     throw addonError(
       `The native addon could not be loaded from REUSE_DEPLOY_ADDON=${override}.`,
@@ -178,7 +178,7 @@ function load(): Loaded {
 
   for (const file of files) {
     if (file === sourceBuild && !fs.existsSync(file)) continue; // reported below, as "no source build"
-    const addon = tryRequire(file, tried);
+    const addon = tryLoad(file, tried);
     if (addon) return (cached = { addon, file });
   }
 

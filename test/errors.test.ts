@@ -379,7 +379,16 @@ describe('errors without a live app', () => {
       stdio: ['ignore', 'pipe', 'ignore'],
     });
     children.push(holder);
-    const pid = Number(await new Promise<string>((resolve) => holder.stdout!.once('data', (d) => resolve(String(d).trim()))));
+    const pid = Number(
+      await new Promise<string>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('the holder (node as nobody) did not start within 10 s')), 10_000);
+        holder.once('exit', (code) => reject(new Error(`the holder (node as nobody) exited with ${code}: can nobody run ${process.execPath}?`)));
+        holder.stdout!.once('data', (d) => {
+          clearTimeout(timer);
+          resolve(String(d).trim());
+        });
+      }),
+    );
     extraPids.push(pid);
     assert.equal(listenersOn(port)[0]?.uid, NOBODY);
     await expectBoth(args(fixture('app.js')), 'RD_ERR_PORT_OTHER_USER', {

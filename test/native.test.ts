@@ -167,8 +167,9 @@ describe('bindReusePort', () => {
       timeout: 20_000,
       ...(asNobody ? { uid: 65534, gid: 65534 } : {}),
     });
+    if (run.error) return t.skip(`user nobody cannot run ${process.execPath}: ${run.error.message}`);
     if (asNobody && !/^(CODE|BOUND|NOADDON)/m.test(run.stdout)) {
-      return t.skip(`user nobody cannot run the package here: ${(run.stderr || run.stdout).split('\n')[0]}`);
+      return t.skip(`user nobody cannot run the package here: ${`${run.stderr}${run.stdout}`.split('\n')[0]}`);
     }
     if (run.stdout.includes('NOADDON')) return t.skip('user nobody cannot read the addon');
     assert.match(run.stdout, /^CODE EACCES$/m, run.stderr);
