@@ -5,16 +5,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import { CLI, cleanup, fixture, freePort, get, remember, runCli, tempStateDir } from './helpers';
+import { CLI, fixture, freshAppPerTest, get, remember, runCli } from './helpers';
 
-let stateDir: string;
-let port: number;
-
-beforeEach(async () => {
-  stateDir = tempStateDir();
-  port = await freePort();
-});
-afterEach(() => cleanup(stateDir));
+const t = freshAppPerTest();
 
 /** Runs the CLI under a pseudo-terminal (util-linux `script`), as a person at a terminal would. */
 function runInTty(args: string[], env: NodeJS.ProcessEnv = {}): Promise<string> {
@@ -32,7 +25,7 @@ function runInTty(args: string[], env: NodeJS.ProcessEnv = {}): Promise<string> 
   });
 }
 
-const deployArgs = () => [fixture('app.js'), '--port', String(port), '--host', '127.0.0.1', '--name', 'app', '--state-dir', stateDir];
+const deployArgs = () => [fixture('app.js'), '--port', String(t.port), '--host', '127.0.0.1', '--name', 'app', '--state-dir', t.stateDir];
 
 describe('help and version', () => {
   test('--help lists every command and shows examples', async () => {
@@ -60,7 +53,7 @@ describe('help and version', () => {
 describe('output', () => {
   test('--json: one JSON object on stdout and nothing else', async () => {
     const r = await runCli([...deployArgs(), '--json']);
-    remember(stateDir, 'app');
+    remember(t.stateDir, 'app');
     assert.equal(r.code, 0, r.stderr);
     const lines = r.stdout.trim().split('\n');
     assert.equal(lines.length, 1);
@@ -72,7 +65,7 @@ describe('output', () => {
   });
 
   test('--json failure: ok false with code and exit code', async () => {
-    const r = await runCli([fixture('crash-on-boot.js'), '--port', String(port), '--host', '127.0.0.1', '--name', 'app', '--state-dir', stateDir, '--json']);
+    const r = await runCli([fixture('crash-on-boot.js'), '--port', String(t.port), '--host', '127.0.0.1', '--name', 'app', '--state-dir', t.stateDir, '--json']);
     assert.equal(r.code, 1);
     const result = JSON.parse(r.stdout);
     assert.equal(result.ok, false);
@@ -83,7 +76,7 @@ describe('output', () => {
 
   test('without a TTY: plain timestamped progress lines on stderr, the summary on stdout', async () => {
     const r = await runCli(deployArgs());
-    remember(stateDir, 'app');
+    remember(t.stateDir, 'app');
     assert.equal(r.code, 0);
     assert.match(r.stdout, /^deployed app r1 /);
     const lines = r.stderr.trim().split('\n');
@@ -94,7 +87,7 @@ describe('output', () => {
 
   test('--quiet prints nothing but warnings on success', async () => {
     const r = await runCli([...deployArgs(), '--quiet']);
-    remember(stateDir, 'app');
+    remember(t.stateDir, 'app');
     assert.equal(r.code, 0);
     assert.equal(r.stdout, '');
     // test/fixtures has no node_modules of its own: that one warning remains
@@ -103,12 +96,12 @@ describe('output', () => {
 
   test('on a TTY: a spinner with phase names; NO_COLOR turns colour off', async () => {
     const colored = await runInTty(deployArgs(), { FORCE_COLOR: '1' });
-    remember(stateDir, 'app');
+    remember(t.stateDir, 'app');
     assert.match(colored, /checking health of r1/);
     assert.match(colored, /[✔√]/, 'finished phases are ticked');
     assert.match(colored, /\u001b\[32m/, 'green ticks by default');
     const plain = await runInTty(deployArgs(), { NO_COLOR: '1' });
-    remember(stateDir, 'app');
+    remember(t.stateDir, 'app');
     assert.match(plain, /deployed app r2/);
     assert.doesNotMatch(plain, /\u001b\[3\dm/, 'no colour with NO_COLOR');
   });
@@ -126,28 +119,28 @@ describe('config file', () => {
     fs.writeFileSync(path.join(appDir, 'package.json'), JSON.stringify({ name: 'cfg' }));
     fs.writeFileSync(
       path.join(appDir, 'reuse-deploy.config.json'),
-      JSON.stringify({ port, host: '127.0.0.1', health: '/healthz', healthTimeout: '10s', env: { APP_VERSION: 'from-config' } }),
+      JSON.stringify({ port: t.port, host: '127.0.0.1', health: '/healthz', healthTimeout: '10s', env: { APP_VERSION: 'from-config' } }),
     );
-    const r = await runCli([path.join(appDir, 'server.js'), '--state-dir', stateDir]);
-    remember(stateDir, 'cfg');
+    const r = await runCli([path.join(appDir, 'server.js'), '--state-dir', t.stateDir]);
+    remember(t.stateDir, 'cfg');
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stderr, /using settings from .*reuse-deploy\.config\.json/);
-    assert.match((await get(port, '/')).body, /^from-config /);
-    const r2 = await runCli([path.join(appDir, 'server.js'), '--state-dir', stateDir, '--env', 'APP_VERSION=from-flag']);
-    remember(stateDir, 'cfg');
+    assert.match((await get(t.port, '/')).body, /^from-config /);
+    const r2 = await runCli([path.join(appDir, 'server.js'), '--state-dir', t.stateDir, '--env', 'APP_VERSION=from-flag']);
+    remember(t.stateDir, 'cfg');
     assert.equal(r2.code, 0, r2.stderr);
-    assert.match((await get(port, '/')).body, /^from-flag /);
+    assert.match((await get(t.port, '/')).body, /^from-flag /);
   });
 
   test('a reuseDeploy key in package.json works too; unknown keys are errors', async () => {
-    fs.writeFileSync(path.join(appDir, 'package.json'), JSON.stringify({ name: 'cfg', reuseDeploy: { port, host: '127.0.0.1', healthTimout: '5s' } }));
-    const bad = await runCli([path.join(appDir, 'server.js'), '--state-dir', stateDir]);
+    fs.writeFileSync(path.join(appDir, 'package.json'), JSON.stringify({ name: 'cfg', reuseDeploy: { port: t.port, host: '127.0.0.1', healthTimout: '5s' } }));
+    const bad = await runCli([path.join(appDir, 'server.js'), '--state-dir', t.stateDir]);
     assert.equal(bad.code, 2);
     assert.match(bad.stderr, /unknown key "healthTimout"/);
-    fs.writeFileSync(path.join(appDir, 'package.json'), JSON.stringify({ name: 'cfg', reuseDeploy: { port, host: '127.0.0.1' } }));
-    const good = await runCli([path.join(appDir, 'server.js'), '--state-dir', stateDir]);
-    remember(stateDir, 'cfg');
+    fs.writeFileSync(path.join(appDir, 'package.json'), JSON.stringify({ name: 'cfg', reuseDeploy: { port: t.port, host: '127.0.0.1' } }));
+    const good = await runCli([path.join(appDir, 'server.js'), '--state-dir', t.stateDir]);
+    remember(t.stateDir, 'cfg');
     assert.equal(good.code, 0, good.stderr);
-    assert.equal((await get(port, '/')).status, 200);
+    assert.equal((await get(t.port, '/')).status, 200);
   });
 });

@@ -5,22 +5,15 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import http2 from 'node:http2';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { Agent, request } from 'undici';
-import { cleanup, fixture, freePort, remember, runCli, tempStateDir, waitUntil } from './helpers';
+import { fixture, freshAppPerTest, remember, runCli, waitUntil } from './helpers';
 
-let stateDir: string;
-let port: number;
-
-beforeEach(async () => {
-  stateDir = tempStateDir();
-  port = await freePort();
-});
-afterEach(() => cleanup(stateDir));
+const t = freshAppPerTest();
 
 async function deploy(entry: string, ...extra: string[]) {
-  const r = await runCli([fixture(entry), '--port', String(port), '--host', '127.0.0.1', '--name', 'app', '--state-dir', stateDir, ...extra]);
-  remember(stateDir, 'app');
+  const r = await runCli([fixture(entry), '--port', String(t.port), '--host', '127.0.0.1', '--name', 'app', '--state-dir', t.stateDir, ...extra]);
+  remember(t.stateDir, 'app');
   assert.equal(r.code, 0, r.stderr);
   return r;
 }
@@ -34,7 +27,7 @@ function keepAliveLoad(clients: number) {
   const workers = Array.from({ length: clients }, async () => {
     for (let i = 0; running && i < 5_000; i++) {
       try {
-        const res = await request(`http://127.0.0.1:${port}/`, { dispatcher: agent, headersTimeout: 5_000, bodyTimeout: 5_000 });
+        const res = await request(`http://127.0.0.1:${t.port}/`, { dispatcher: agent, headersTimeout: 5_000, bodyTimeout: 5_000 });
         bodies.push(await res.body.text());
       } catch (err) {
         errors.push(`${(err as { code?: string }).code ?? ''} ${(err as Error).message}`);
@@ -64,10 +57,10 @@ describe('drain', () => {
   });
 
   test('a request in flight finishes on the old version, with Connection: close; the drain hook runs', async () => {
-    const marker = path.join(stateDir, 'drained.txt');
+    const marker = path.join(t.stateDir, 'drained.txt');
     await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--env', 'SLOW_MS=8000', '--env', `DRAIN_MARKER=${marker}`);
     const agent = new Agent({ keepAliveTimeout: 30_000 });
-    const slow = request(`http://127.0.0.1:${port}/slow`, { dispatcher: agent, headersTimeout: 15_000 });
+    const slow = request(`http://127.0.0.1:${t.port}/slow`, { dispatcher: agent, headersTimeout: 15_000 });
     await new Promise((resolve) => setTimeout(resolve, 300)); // the request is inside v1 now
     await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '200ms');
     const res = await slow;
@@ -76,14 +69,14 @@ describe('drain', () => {
     assert.equal(res.headers.connection, 'close', 'the old version asks the client to reconnect');
     await waitUntil(() => fs.existsSync(marker), 5_000, 'the drain hook');
     assert.equal(fs.readFileSync(marker, 'utf8'), 'v1 drained\n');
-    const next = await request(`http://127.0.0.1:${port}/`, { dispatcher: agent });
+    const next = await request(`http://127.0.0.1:${t.port}/`, { dispatcher: agent });
     assert.match(await next.body.text(), /^v2 /, 'the next request, on a new connection, reaches v2');
     await agent.close();
   });
 
   test('HTTP/2 sessions get a GOAWAY; a new session reaches the new version', async () => {
     await deploy('h2-app.js', '--env', 'APP_VERSION=v1');
-    const session = http2.connect(`http://127.0.0.1:${port}`);
+    const session = http2.connect(`http://127.0.0.1:${t.port}`);
     const ask = (s: http2.ClientHttp2Session) =>
       new Promise<string>((resolve, reject) => {
         const req = s.request({ ':path': '/' });
@@ -99,7 +92,7 @@ describe('drain', () => {
     await deploy('h2-app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '200ms');
     await goaway;
     session.close();
-    const fresh = http2.connect(`http://127.0.0.1:${port}`);
+    const fresh = http2.connect(`http://127.0.0.1:${t.port}`);
     assert.equal(await ask(fresh), 'v2 h2');
     fresh.close();
   });

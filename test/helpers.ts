@@ -6,6 +6,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, beforeEach } from 'node:test';
 import { Agent, request } from 'undici';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
@@ -203,4 +204,15 @@ export function processesUnder(dir: string): number[] {
     }
   }
   return pids.sort((a, b) => a - b);
+}
+
+/** A fresh state dir and free port for every test of the file, and cleanup of all it started. */
+export function freshAppPerTest(): { stateDir: string; port: number } {
+  const t = { stateDir: '', port: 0 };
+  beforeEach(async () => {
+    t.stateDir = tempStateDir();
+    t.port = await freePort();
+  });
+  afterEach(() => cleanup(t.stateDir));
+  return t;
 }

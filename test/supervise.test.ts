@@ -1,20 +1,13 @@
 // Supervision: crash restarts without losing queued connections, crash
 // loops, stop/start, and several app processes per release.
 import assert from 'node:assert/strict';
-import { afterEach, beforeEach, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { cleanup, fixture, freePort, get, isAlive, processGroup, readAppState, remember, runCli, tempStateDir, waitUntil } from './helpers';
+import { fixture, freshAppPerTest, get, isAlive, processGroup, readAppState, remember, runCli, waitUntil } from './helpers';
 
-let stateDir: string;
-let port: number;
+const t = freshAppPerTest();
 
-beforeEach(async () => {
-  stateDir = tempStateDir();
-  port = await freePort();
-});
-afterEach(() => cleanup(stateDir));
-
-const common = () => ['--port', String(port), '--host', '127.0.0.1', '--name', 'app', '--state-dir', stateDir];
+const common = () => ['--port', String(t.port), '--host', '127.0.0.1', '--name', 'app', '--state-dir', t.stateDir];
 
 interface AppStatusJson {
   pid: number | null;
@@ -23,7 +16,7 @@ interface AppStatusJson {
 }
 
 async function appStatuses(): Promise<AppStatusJson[]> {
-  const r = await runCli(['status', '--name', 'app', '--state-dir', stateDir, '--json']);
+  const r = await runCli(['status', '--name', 'app', '--state-dir', t.stateDir, '--json']);
   assert.equal(r.code, 0, r.stderr);
   const live = JSON.parse(r.stdout).instances.find((i: { role: string }) => i.role === 'live');
   return live?.status?.apps ?? [];
@@ -33,7 +26,7 @@ describe('supervision', () => {
   test('kill -9 of the live app: queued requests wait, none fails, a new pid serves', async () => {
     const d = await runCli([fixture('app.js'), ...common(), '--health', '/healthz']);
     assert.equal(d.code, 0, d.stderr);
-    remember(stateDir, 'app');
+    remember(t.stateDir, 'app');
     const [before] = await appStatuses();
     const oldPid = before!.pid!;
 
@@ -44,7 +37,7 @@ describe('supervision', () => {
     for (let i = 0; i < 60; i++) {
       if (i === 20) process.kill(oldPid, 'SIGKILL');
       try {
-        const answer = await get(port, '/', { timeoutMs: 10_000 });
+        const answer = await get(t.port, '/', { timeoutMs: 10_000 });
         if (answer.status !== 200) errors.push(`status ${answer.status}`);
         pids.add(answer.body.split(' ')[1]!);
       } catch (err) {
@@ -63,11 +56,11 @@ describe('supervision', () => {
   test('a crash loop gives up, and status says so', async () => {
     const d = await runCli([fixture('crash-after-live.js'), ...common()], { env: { REUSE_DEPLOY_RESTART_DELAY_MS: '100' } });
     assert.equal(d.code, 0, d.stderr);
-    remember(stateDir, 'app');
+    remember(t.stateDir, 'app');
     await waitUntil(async () => (await appStatuses())[0]?.state === 'failed', 20_000, 'the crash loop to be given up');
     const [app] = await appStatuses();
     assert.ok(app!.restarts >= 3, `restarts counted: ${app!.restarts}`);
-    const text = await runCli(['status', '--name', 'app', '--state-dir', stateDir]);
+    const text = await runCli(['status', '--name', 'app', '--state-dir', t.stateDir]);
     assert.match(text.stdout, /failed/);
     assert.match(text.stdout, /crash loop/);
     assert.match(text.stdout, /crashed after going live/, 'the last lines of the log are shown');
@@ -75,15 +68,15 @@ describe('supervision', () => {
 
   test('stop, then start: the same release serves again', async () => {
     assert.equal((await runCli([fixture('app.js'), ...common(), '--env', 'APP_VERSION=v7'])).code, 0);
-    remember(stateDir, 'app');
-    assert.equal((await runCli(['stop', '--name', 'app', '--state-dir', stateDir])).code, 0);
-    await assert.rejects(get(port, '/'));
-    const start = await runCli(['start', '--name', 'app', '--state-dir', stateDir]);
+    remember(t.stateDir, 'app');
+    assert.equal((await runCli(['stop', '--name', 'app', '--state-dir', t.stateDir])).code, 0);
+    await assert.rejects(get(t.port, '/'));
+    const start = await runCli(['start', '--name', 'app', '--state-dir', t.stateDir]);
     assert.equal(start.code, 0, start.stderr);
     assert.match(start.stdout, /deployed app r1/);
-    remember(stateDir, 'app');
-    assert.match((await get(port, '/')).body, /^v7 /);
-    const again = await runCli(['start', '--name', 'app', '--state-dir', stateDir]);
+    remember(t.stateDir, 'app');
+    assert.match((await get(t.port, '/')).body, /^v7 /);
+    const again = await runCli(['start', '--name', 'app', '--state-dir', t.stateDir]);
     assert.equal(again.code, 0);
     assert.match(again.stdout, /already running/);
   });
@@ -91,22 +84,22 @@ describe('supervision', () => {
   test('--instances 2: two processes share the socket and cut over together', async () => {
     const d1 = await runCli([fixture('app.js'), ...common(), '--instances', '2', '--env', 'APP_VERSION=v1']);
     assert.equal(d1.code, 0, d1.stderr);
-    remember(stateDir, 'app');
+    remember(t.stateDir, 'app');
     const first = await appStatuses();
     assert.equal(first.length, 2);
     assert.equal(first.filter((a) => a.state === 'live').length, 2);
-    const keeper = (readAppState(stateDir, 'app')!.instances[0] as { keeperPid: number }).keeperPid;
+    const keeper = (readAppState(t.stateDir, 'app')!.instances[0] as { keeperPid: number }).keeperPid;
     assert.equal(processGroup(keeper).length, 3, 'one keeper, two app processes');
 
     const seen = new Set<string>();
-    for (let i = 0; i < 60 && seen.size < 2; i++) seen.add((await get(port, '/')).body.split(' ')[1]!);
+    for (let i = 0; i < 60 && seen.size < 2; i++) seen.add((await get(t.port, '/')).body.split(' ')[1]!);
     assert.equal(seen.size, 2, 'both processes answer');
 
     const d2 = await runCli([fixture('app.js'), ...common(), '--instances', '2', '--env', 'APP_VERSION=v2']);
     assert.equal(d2.code, 0, d2.stderr);
-    remember(stateDir, 'app');
+    remember(t.stateDir, 'app');
     assert.match(d2.stdout, /\(pid \d+, \d+, replaced r1\)/);
-    for (let i = 0; i < 10; i++) assert.match((await get(port, '/')).body, /^v2 /);
+    for (let i = 0; i < 10; i++) assert.match((await get(t.port, '/')).body, /^v2 /);
     await sleep(100);
   });
 });
