@@ -100,6 +100,7 @@ export interface KeeperStatus {
   liveAt: number | null;
   apps: AppStatus[];
   error: { code: string; message: string } | null;
+  /** Set while this release's steering program is attached (until the older listeners are gone). */
   steering: { index: number; groupSize: number; unknown: number } | null;
   /** While parked: when the keeper stops the release for good. */
   parkedUntil: number | null;

@@ -117,15 +117,23 @@ async function waitHealthy(spawned: Spawned, gated: KeeperStatus, rule: HealthRu
   );
 }
 
-/** Waits until instances that are draining have left the port's group, so that steering indices stay right. */
-async function waitOldListenersClosed(state: AppState, progress: Progress): Promise<void> {
+/**
+ * Waits until the port has settled from the previous cutover: the instances
+ * that are draining (or parked) have left the reuseport group, so that the
+ * new listener's index is right, and the live instance has detached its
+ * steering program, so that a late detach cannot remove the new one's.
+ */
+async function waitPortSettled(state: AppState, progress: Progress): Promise<void> {
   const deadline = Date.now() + 15_000;
-  for (const old of state.instances.filter((i) => i.role === 'draining' || i.role === 'parked')) {
-    for (;;) {
-      const status = await tryKeeperStatus(old.controlSocket, 1_000);
-      if (!status || status.listener !== 'listening') break;
+  const settled = async (i: Instance): Promise<boolean> => {
+    const status = await tryKeeperStatus(i.controlSocket, 1_000);
+    if (!status) return true;
+    return i.role === 'live' ? status.steering === null : status.listener !== 'listening';
+  };
+  for (const i of state.instances.filter((x) => x.role === 'draining' || x.role === 'parked' || x.role === 'live')) {
+    while (!(await settled(i))) {
       if (Date.now() > deadline) {
-        progress.warn(`instance ${old.id} (${old.release}) still has its listener open after 15 s`);
+        progress.warn(`instance ${i.id} (${i.release}) has not settled after 15 s (${i.role === 'live' ? 'steering still attached' : 'listener still open'}); going on`);
         break;
       }
       await sleep(POLL_MS);
@@ -159,7 +167,7 @@ export async function cutover(paths: AppPaths, state: AppState, release: Release
     progress.phase(`checking health of ${release.id} (${options.health ?? 'GET /'}) on its private socket`);
     await waitHealthy(spawned, gated, { path: options.health, port: options.port }, deadline, progress);
     msToHealthy = Date.now() - started;
-    await waitOldListenersClosed(state, progress);
+    await waitPortSettled(state, progress);
     progress.phase(`${release.id} is healthy; joining port ${options.port}`);
     try {
       live = await keeperLive(spawned.instance.controlSocket, old ? [old.keeperPid] : []);
@@ -231,7 +239,7 @@ async function handOver(
 export async function unpark(paths: AppPaths, state: AppState, parked: Instance, options: CutoverOptions, progress: Progress): Promise<CutoverResult> {
   const started = Date.now();
   const old = liveInstance(state);
-  await waitOldListenersClosed({ ...state, instances: state.instances.filter((i) => i.id !== parked.id) }, progress);
+  await waitPortSettled({ ...state, instances: state.instances.filter((i) => i.id !== parked.id) }, progress);
   progress.phase(`bringing parked ${parked.release} back on port ${options.port}`);
   let live: KeeperStatus;
   try {

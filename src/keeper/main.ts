@@ -141,7 +141,9 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked'): Promise<Ke
     status.steering = null;
     throw new Error('the app processes did not start accepting within 10 s');
   }
-  if (status.steering) detachWhenAlone(fd, address, config!.port, status.steering.groupSize, () => fd >= 0, log);
+  if (status.steering) {
+    detachWhenAlone(fd, address, config!.port, status.steering.groupSize, () => fd >= 0, log, () => (status.steering = null));
+  }
   clearTimeout(parkTimer);
   status.parkedUntil = null;
   drained.clear();

@@ -41,10 +41,21 @@ export function steerToSelf(fd: number, address: string, port: number, ownInode:
 
 /**
  * Polls the group until our socket is its only member, then detaches the
- * program. Stops without detaching if the group grows (a newer release now
- * owns the program) or when `stillOpen` turns false.
+ * program and calls `done`. Stops without detaching if the group grows (a
+ * newer release now owns the program) or when `stillOpen` turns false.
+ * A detach removes whatever program the group has, so the CLI makes a new
+ * release join only after this has finished (cutover.ts, waitPortSettled):
+ * otherwise a late detach could remove the newer release's program.
  */
-export function detachWhenAlone(fd: number, address: string, port: number, groupSize: number, stillOpen: () => boolean, log: (m: string) => void): void {
+export function detachWhenAlone(
+  fd: number,
+  address: string,
+  port: number,
+  groupSize: number,
+  stillOpen: () => boolean,
+  log: (m: string) => void,
+  done: () => void,
+): void {
   const timer = setInterval(() => {
     if (!stillOpen()) return clearInterval(timer);
     const n = groupMembers(address, port).length;
@@ -57,6 +68,7 @@ export function detachWhenAlone(fd: number, address: string, port: number, group
       } catch (err) {
         log(`could not detach the steering program: ${(err as Error).message}`);
       }
+      done();
     }
   }, 250);
   timer.unref();
