@@ -63,9 +63,7 @@ async function waitListening(spawned: Spawned, port: number, deadline: number): 
   let last: KeeperStatus | null = null;
   for (;;) {
     const wait = Math.max(0, Math.min(5_000, deadline - Date.now()));
-    const answer = keeperWait(spawned.instance.controlSocket, ['gated', 'failed'], wait).catch(() => null);
-    warmUpProbes(); // the app boots meanwhile; load the probe client now, not after it listens
-    last = (await answer) ?? last;
+    last = (await keeperWait(spawned.instance.controlSocket, ['gated', 'failed'], wait).catch(() => null)) ?? last;
     if (last?.phase === 'failed' && last.error) throw failure(spawned, last.error.code as DeployError['code'], last.error.message);
     if (last?.phase === 'gated') return last;
     if (Date.now() > deadline) {
@@ -157,6 +155,7 @@ export async function cutover(paths: AppPaths, state: AppState, release: Release
   });
   state.instances.push(spawned.instance);
   writeState(paths.state, state);
+  warmUpProbes(); // the keeper and the app boot meanwhile: load the probe client now, not after the app listens
 
   let live: KeeperStatus;
   let msToHealthy: number;
