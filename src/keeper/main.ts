@@ -5,7 +5,8 @@
 //
 // Invariant: the deploy socket joins the port's reuseport group (listen())
 // only on POST /live, which the CLI sends after every app process passed its
-// health check; and it leaves the group only after new connections are
+// health check (or on POST /unpark, for a release that passed it before and
+// was parked); and it leaves the group only after new connections are
 // steered elsewhere (or there is nowhere else) and its accept queue is empty.
 import fs from 'node:fs';
 import os from 'node:os';
@@ -206,9 +207,7 @@ async function drain(timeoutMs: number, graceMs: number, parkMs = 0): Promise<vo
     parkTimer = setTimeout(() => {
       if (status.phase !== 'parked') return;
       log('parking time is over; stopping');
-      setPhase('closed');
-      closeListener();
-      void stopApps().then(() => shutdown(0));
+      stopNow();
     }, parkMs);
     return;
   }
@@ -303,11 +302,7 @@ async function main(): Promise<void> {
         shutdown(1);
       });
     },
-    stop: () => {
-      setPhase('closed');
-      closeListener();
-      void stopApps().then(() => shutdown(0));
-    },
+    stop: stopNow,
   });
   watchLogSize(c.logFile);
   setTimeout(() => {
@@ -319,8 +314,23 @@ async function main(): Promise<void> {
   }, c.gateTimeoutMs).unref();
 }
 
-process.on('SIGTERM', () => void drain(30_000, 0));
-process.on('SIGINT', () => void drain(30_000, 0));
+/** SIGTERM/SIGINT (systemd, a person): a live release drains; one that serves nothing just stops. */
+function onSignal(): void {
+  if (status.phase === 'live') {
+    void drain(30_000, 0);
+  } else if (status.phase !== 'draining' && status.phase !== 'closed') {
+    stopNow();
+  }
+}
+
+/** Stops at once, without a drain: for a release that takes no traffic (or when asked to). */
+function stopNow(): void {
+  setPhase('closed');
+  closeListener();
+  void stopApps().then(() => shutdown(0));
+}
+process.on('SIGTERM', onSignal);
+process.on('SIGINT', onSignal);
 process.on('SIGHUP', () => undefined);
 main().catch((err) => {
   log(`keeper failed: ${(err as Error).stack ?? String(err)}`);
