@@ -11,21 +11,22 @@ import { after, afterEach, before, describe, test } from 'node:test';
 import { CATALOGUE, type ErrorCode } from '../src/errors';
 import { listenersOn } from '../src/sys/proc-net';
 import {
-  CLI,
-  ROOT,
   cleanup,
+  CLI,
+  type CliResult,
   fixture,
   freePort,
   get,
   holdPortPlainly,
+  processesUnder,
   processGroup,
   readAppState,
   remember,
+  ROOT,
   runCli,
+  runProcess,
   tempStateDir,
-  processesUnder,
   waitUntil,
-  type CliResult,
 } from './helpers';
 
 const isRoot = process.getuid?.() === 0;
@@ -286,15 +287,7 @@ describe('errors with v1 serving: the code, the exit code, and v1 untouched', ()
 
 /** The CLI of another copy of the package. */
 function runCliAt(cli: string, args: string[], env: NodeJS.ProcessEnv): Promise<CliResult> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cli, ...args], { env: { ...process.env, CI: 'true', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    children.push(child);
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  return runProcess(process.execPath, [cli, ...args], { env: { ...process.env, CI: 'true', ...env }, onSpawn: (child) => children.push(child) });
 }
 
 /** A CLI run in the background, its stderr watched line by line. */
@@ -411,14 +404,9 @@ describe('errors without a live app', () => {
     fs.chmodSync(stateDir, 0o700);
     fs.chownSync(stateDir, NOBODY, NOBODY);
     const run = (a: string[]) =>
-      new Promise<CliResult>((resolve) => {
-        const child = spawn('runuser', ['-u', 'nobody', '--', process.execPath, CLI, ...a], { env: { ...process.env, CI: 'true', HOME: '/nonexistent' }, stdio: ['ignore', 'pipe', 'pipe'] });
-        children.push(child);
-        let stdout = '';
-        let stderr = '';
-        child.stdout.on('data', (d) => (stdout += d));
-        child.stderr.on('data', (d) => (stderr += d));
-        child.on('close', (code) => resolve({ code, stdout, stderr }));
+      runProcess('runuser', ['-u', 'nobody', '--', process.execPath, CLI, ...a], {
+        env: { ...process.env, CI: 'true', HOME: '/nonexistent' },
+        onSpawn: (child) => children.push(child),
       });
     return { entry: path.join(appDir, 'server.js'), run };
   }

@@ -27,7 +27,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test, type TestContext } from 'node:test';
-import { CLI, cleanup, fixture, isAlive, processGroup, readAppState, remember, tempStateDir, waitUntil } from './helpers';
+import { CLI, cleanup, fixture, isAlive, processGroup, readAppState, remember, runProcess, tempStateDir, waitUntil, type CliResult } from './helpers';
 
 const QUEUED = 200;
 const GRACE_MS = 1_000;
@@ -105,28 +105,17 @@ class Scenario {
     tempDirs.add(this.zlDir);
   }
 
-  deploy(version: string, ...extra: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  async deploy(version: string, ...extra: string[]): Promise<CliResult> {
     const args = [
       'netns', 'exec', this.ns.name, process.execPath, CLI, fixture('zl-app.js'),
       '--port', String(this.port), '--host', '127.0.0.1', '--name', 'app', '--state-dir', this.stateDir,
       '--env', `APP_VERSION=${version}`, '--env', `ZL_DIR=${this.zlDir}`, '--handshake-grace', `${GRACE_MS}ms`, ...extra,
     ];
-    return new Promise((resolve, reject) => {
-      const child = spawn('ip', args, { env: { ...process.env, CI: 'true' }, stdio: ['ignore', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (d) => (stdout += d));
-      child.stderr.on('data', (d) => (stderr += d));
-      const timer = setTimeout(() => {
-        child.kill('SIGKILL');
-        reject(new Error(`deploy of ${version} did not finish in time\n${stderr}`));
-      }, 30_000);
-      child.on('close', (code) => {
-        clearTimeout(timer);
-        remember(this.stateDir, 'app');
-        resolve({ code, stdout, stderr });
-      });
-    });
+    try {
+      return await runProcess('ip', args, { env: { ...process.env, CI: 'true' }, timeoutMs: 30_000 });
+    } finally {
+      remember(this.stateDir, 'app');
+    }
   }
 
   liveKeeper(): number {
