@@ -14,7 +14,6 @@
 export const ENV = {
   keeperPid: 'REUSE_DEPLOY_KEEPER_PID',
   port: 'REUSE_DEPLOY_PORT',
-  fd: 'REUSE_DEPLOY_FD',
   probe: 'REUSE_DEPLOY_PROBE_SOCKET',
   live: 'REUSE_DEPLOY_LIVE',
 } as const;

@@ -296,7 +296,7 @@ export interface StatusOutcome {
  */
 export async function statusCommand(stateDir: string, name: string, drainTimeoutMs: number): Promise<StatusOutcome> {
   const paths = appPaths(stateDir, name);
-  let state = readState(paths.state);
+  const state = readState(paths.state);
   if (!state) throw noState(stateDir, name);
   let repaired: string[] = [];
   let statuses = new Map<string, KeeperStatus>();
@@ -315,7 +315,6 @@ export async function statusCommand(stateDir: string, name: string, drainTimeout
     const logTailText = troubled ? logTail(logFileOf(paths, i.release), 0, 10) : null;
     instances.push({ id: i.id, release: i.release, role: i.role, keeperPid: i.keeperPid, answering: status !== null, status, logTail: logTailText });
   }
-  state = state as AppState;
   return { app: state.name, host: state.host, port: state.port, liveRelease: liveInstance(state)?.release ?? null, instances, repaired };
 }
 

@@ -2,7 +2,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
-import { APP_LISTEN_FD, ENV, isAppMessage, type AppMessage, type AppStatus, type KeeperConfig, type KeeperMessage } from '../protocol';
+import { ENV, isAppMessage, type AppMessage, type AppStatus, type KeeperConfig, type KeeperMessage } from '../protocol';
 
 export interface AppEvents {
   message: [AppMessage];
@@ -50,7 +50,6 @@ export class AppProcess extends EventEmitter<AppEvents> {
       ...c.env,
       [ENV.keeperPid]: String(process.pid),
       [ENV.port]: String(c.port),
-      [ENV.fd]: String(APP_LISTEN_FD),
       [ENV.probe]: this.probeSocket(),
       [ENV.live]: live ? '1' : '0',
     };
@@ -58,6 +57,7 @@ export class AppProcess extends EventEmitter<AppEvents> {
       cwd: c.cwd,
       env,
       // stdout/stderr go where the keeper's go: the release's log file.
+      // Index 4 of stdio is fd 4 in the child: APP_LISTEN_FD, the deploy socket.
       stdio: ['ignore', 'inherit', 'inherit', 'ipc', this.listenFd],
     });
     this.child = child;
