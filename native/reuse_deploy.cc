@@ -174,6 +174,19 @@ Napi::Value Dup(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), fd);
 }
 
+// dup2(fd, target): `target` (the keeper's stdout or stderr) refers to fd's
+// file from now on. A keeper starts before its release's log file is known
+// (src/deploy/prestart.ts) and moves its output there once it is.
+Napi::Value Dup2(const Napi::CallbackInfo& info) {
+  if (!ArgsAreNumbers(info, 2)) return info.Env().Undefined();
+  int from = info[0].As<Napi::Number>().Int32Value();
+  int to = info[1].As<Napi::Number>().Int32Value();
+  while (dup2(from, to) < 0) {
+    if (errno != EINTR) return ThrowErrno(info.Env(), "dup2", errno);
+  }
+  return info.Env().Undefined();
+}
+
 Napi::Value CloseFd(const Napi::CallbackInfo& info) {
   if (!ArgsAreNumbers(info, 1)) return info.Env().Undefined();
   if (close(info[0].As<Napi::Number>().Int32Value()) < 0) return ThrowErrno(info.Env(), "close", errno);
@@ -222,6 +235,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("closeFd", Napi::Function::New(env, CloseFd));
   exports.Set("unlisten", Napi::Function::New(env, Unlisten));
   exports.Set("dup", Napi::Function::New(env, Dup));
+  exports.Set("dup2", Napi::Function::New(env, Dup2));
   exports.Set("flock", Napi::Function::New(env, Flock));
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials));
   return exports;

@@ -9,6 +9,10 @@ import path from 'node:path';
 // as root, because the keeper this starts inherits the value and must be
 // able to return to 0 (see setBootPriority in src/keeper/main.ts).
 if (process.getuid?.() === 0) os.setPriority(10);
+// A command that may start a release starts its keeper now, before the rest
+// of the CLI loads, so that the two Node start-ups overlap (see the module).
+import { prestartKeeper } from './deploy/prestart';
+prestartKeeper(process.argv.slice(2));
 // Node >= 22.1 can cache compiled code between runs; a deploy starts three
 // Node processes in a row, so start-up time counts.
 (require('node:module') as { enableCompileCache?: () => unknown }).enableCompileCache?.();
@@ -21,9 +25,7 @@ import { defaultStateDir } from './deploy/paths';
 import { createProgress, type Progress } from './deploy/progress';
 import { resolveEntry } from './deploy/app';
 import { loadConfig } from './deploy/config';
-import { doctorCommand, formatDoctor } from './deploy/doctor';
 import { formatReleases, formatStatus } from './deploy/format';
-import { logFileFor, printLogs } from './deploy/logs';
 
 const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string };
 
@@ -234,6 +236,7 @@ cli
     try {
       const lines = flags.lines === undefined ? 50 : Number(flags.lines);
       if (!Number.isInteger(lines) || lines < 0) throw usageError(`--lines ${JSON.stringify(String(flags.lines))} is not a whole number.`);
+      const { logFileFor, printLogs } = require('./deploy/logs') as typeof import('./deploy/logs'); // loaded on use, like doctor
       const file = logFileFor(stateDirOf(flags), nameOf(flags), flags.release === undefined ? undefined : String(flags.release));
       await printLogs(file, { lines, follow: Boolean(flags.follow) }, (text) => process.stdout.write(text));
     } catch (err) {
@@ -286,6 +289,8 @@ cli
   .example('reuse-deploy doctor --port 443')
   .action(async (flags: GlobalFlags & Record<string, unknown>) => {
     try {
+      // Loaded on use: a deploy should not pay for what it does not run.
+      const { doctorCommand, formatDoctor } = require('./deploy/doctor') as typeof import('./deploy/doctor');
       const report = await doctorCommand({ stateDir: stateDirOf(flags), port: flags.port === undefined ? undefined : parsePort(flags.port) });
       if (flags.json) process.stdout.write(`${JSON.stringify(report)}\n`);
       else process.stdout.write(`${formatDoctor(report)}\n`);

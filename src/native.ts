@@ -38,6 +38,7 @@ interface Addon {
   closeFd(fd: number): void;
   unlisten(fd: number): void;
   dup(fd: number): number;
+  dup2(fd: number, target: number): void;
   flock(fd: number, exclusive: boolean, wait: boolean): boolean;
   peerCredentials(fd: number): PeerCredentials;
 }
@@ -255,6 +256,7 @@ export const acceptQueue = (fd: number): AcceptQueue => call(() => load().addon.
 export const closeFd = (fd: number): void => call(() => load().addon.closeFd(fd));
 export const unlisten = (fd: number): void => call(() => load().addon.unlisten(fd));
 export const dupFd = (fd: number): number => call(() => load().addon.dup(fd));
+export const dup2Fd = (fd: number, target: number): void => call(() => load().addon.dup2(fd, target));
 export const flock = (fd: number, exclusive: boolean, wait: boolean): boolean =>
   call(() => load().addon.flock(fd, exclusive, wait));
 export const peerCredentials = (fd: number): PeerCredentials => call(() => load().addon.peerCredentials(fd));

@@ -92,7 +92,7 @@ describe('releases and rollback', () => {
     assert.equal(await version(), 'v2');
   });
 
-  test('--keep prunes old releases but never the live or the previous one', async () => {
+  test('--keep prunes old releases while the new one boots, never the live or the previous one', async () => {
     for (const v of ['v1', 'v2', 'v3']) {
       build(v);
       assert.equal((await deploy()).code, 0);
@@ -103,15 +103,24 @@ describe('releases and rollback', () => {
     build('v4');
     const r = await deploy('--keep', '1');
     assert.equal(r.code, 0, r.stderr);
-    // live r4 and previous r1 stay; r2 and r3 go
-    assert.match(r.stdout, /pruned r2, r3|pruned r3, r2/);
-    const ids = (JSON.parse((await cli('releases', '--json')).stdout).releases as { id: string }[]).map((x) => x.id).sort();
-    assert.deepEqual(ids, ['r1', 'r4']);
+    // Pruning runs while r4 boots, against the releases as they are then:
+    // r1 (live, now previous) and r3 (previous until r4 is live) stay; r2 goes.
+    assert.match(r.stdout, /; pruned r2$/m);
+    const ids = async () => (JSON.parse((await cli('releases', '--json')).stdout).releases as { id: string }[]).map((x) => x.id).sort();
+    assert.deepEqual(await ids(), ['r1', 'r3', 'r4']);
     assert.ok(!fs.existsSync(path.join(stateDir, 'shop', 'releases', 'r2')));
     assert.equal(await version(), 'v4');
+    // The next deploy prunes r3; r1 is the previous one while r5 boots.
+    build('v5');
+    await waitUntil(async () => JSON.parse((await cli('status', '--json')).stdout).instances.length === 1, 15_000, 'r1 to finish draining');
+    const r5 = await deploy('--keep', '1');
+    assert.equal(r5.code, 0, r5.stderr);
+    assert.match(r5.stdout, /; pruned r3$/m);
+    assert.deepEqual(await ids(), ['r1', 'r4', 'r5']);
+    assert.equal(await version(), 'v5');
     const back = await cli('--previous');
     assert.equal(back.code, 0, back.stderr);
-    assert.equal(await version(), 'v1');
+    assert.equal(await version(), 'v4');
   });
 });
 

@@ -193,8 +193,19 @@ export async function deployCommand(input: DeployInput, progress: Progress): Pro
     }
 
     let result: CutoverResult;
+    let pruned: string[] = [];
+    // Old releases go while the new one boots, when the CLI only waits. The
+    // new release and the live one run, so they are protected like the
+    // previous one; a failed deploy removes its release, one fewer is kept.
+    const prune = (): void => {
+      try {
+        pruned = pruneReleases(paths, state, input.keep);
+      } catch (err) {
+        progress.warn(`could not remove old releases: ${(err as Error).message}`);
+      }
+    };
     try {
-      result = await cutover(paths, state, release, cutoverOptions, progress);
+      result = await cutover(paths, state, release, cutoverOptions, progress, prune);
     } catch (err) {
       // A new release that never went live is not worth keeping.
       if (resolved) {
@@ -204,7 +215,6 @@ export async function deployCommand(input: DeployInput, progress: Progress): Pro
       }
       throw err;
     }
-    const pruned = pruneReleases(paths, state, input.keep);
     return { ...result, repaired: repair.notes, snapshot: stats, pruned, alreadyRunning: false, unparked: false };
   });
 }
@@ -303,14 +313,14 @@ export async function statusCommand(stateDir: string, name: string, drainTimeout
   const lock = fs.existsSync(paths.lock) ? tryLock(paths.lock) : null;
   if (lock) {
     try {
-      ({ notes: repaired, statuses } = await repairState(paths.state, state, drainTimeoutMs));
+      ({ notes: repaired, statuses } = await repairState(paths.state, state, drainTimeoutMs, true));
     } finally {
       lock.release();
     }
   }
   const instances: StatusInstance[] = [];
   for (const i of state.instances) {
-    const status = statuses.get(i.id) ?? (await tryKeeperStatus(i.controlSocket, 1_500));
+    const status = statuses.get(i.id) ?? (await tryKeeperStatus(i.controlSocket, 1_500, true));
     const troubled = status?.error || status?.apps.some((a) => a.state === 'failed');
     const logTailText = troubled ? logTail(logFileOf(paths, i.release), 0, 10) : null;
     instances.push({ id: i.id, release: i.release, role: i.role, keeperPid: i.keeperPid, answering: status !== null, status, logTail: logTailText });

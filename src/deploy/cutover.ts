@@ -18,7 +18,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DeployError } from '../errors';
 import type { KeeperStatus } from '../protocol';
-import { isHealthy, probe, warmUpProbes, type HealthRule, type ProbeResult } from './health';
+import { isHealthy, probe, type HealthRule, type ProbeResult } from './health';
 import { keeperDrain, keeperLive, keeperUnpark, keeperWait, tryKeeperStatus } from './keeper-client';
 import { logTail, spawnKeeper, stopInstance, waitForKeeper, type Spawned } from './instances';
 import type { AppPaths } from './paths';
@@ -139,8 +139,19 @@ async function waitPortSettled(state: AppState, progress: Progress): Promise<voi
   }
 }
 
-/** Runs one deploy of `release`. The caller holds the app's lock and has repaired `state`. */
-export async function cutover(paths: AppPaths, state: AppState, release: Release, options: CutoverOptions, progress: Progress): Promise<CutoverResult> {
+/**
+ * Runs one deploy of `release`. The caller holds the app's lock and has
+ * repaired `state`. `whileBooting` runs once the new instance is starting:
+ * housekeeping that would otherwise add to the command's wall time.
+ */
+export async function cutover(
+  paths: AppPaths,
+  state: AppState,
+  release: Release,
+  options: CutoverOptions,
+  progress: Progress,
+  whileBooting: () => void = () => undefined,
+): Promise<CutoverResult> {
   const started = Date.now();
   const deadline = started + options.healthTimeoutMs;
   const old = liveInstance(state);
@@ -155,11 +166,11 @@ export async function cutover(paths: AppPaths, state: AppState, release: Release
   });
   state.instances.push(spawned.instance);
   writeState(paths.state, state);
-  warmUpProbes(); // the keeper and the app boot meanwhile: load the probe client now, not after the app listens
 
   let live: KeeperStatus;
   let msToHealthy: number;
   try {
+    whileBooting();
     await waitForKeeper(spawned, 10_000);
     progress.phase(`waiting for ${release.id} to listen on port ${options.port}`);
     const gated = await waitListening(spawned, options.port, deadline);

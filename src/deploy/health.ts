@@ -2,10 +2,13 @@
 // injects each probe connection into the app's own server, so the answer
 // comes from the app's handler on that one process, before it takes any
 // public traffic. TLS apps are probed with TLS over the same socket.
-import { loadUndici, newClient } from './http-client';
-
-/** Loads undici ahead of the first probe, while the CLI only waits for the app to boot. */
-export const warmUpProbes = loadUndici;
+// node:http, not undici: on this class of host, loading undici cost the CLI
+// ~300 ms of CPU while the new version booted beside the live one, and V8's
+// background tier-up of its llhttp WebAssembly held process exit another
+// ~250 ms (platform worker threads are joined at exit). A probe is one GET.
+import http, { type RequestOptions } from 'node:http';
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
 
 export interface ProbeResult {
   status: number | null;
@@ -27,34 +30,44 @@ export function isHealthy(rule: HealthRule, result: ProbeResult): boolean {
 
 export interface ProbeTarget {
   tls: boolean;
-  /** The server speaks only HTTP/2: probe with node:http2 (undici has no cleartext HTTP/2). */
+  /** The server speaks only HTTP/2: probe with node:http2 (node:http speaks HTTP/1.1 only). */
   h2: boolean;
+}
+
+/**
+ * A connection to the probe socket: TLS for a TLS app (the probe checks the
+ * app, not its certificate; the socket is private), else plain.
+ */
+function connectProbe(socketPath: string, tls: boolean, alpn: string[]): () => Duplex {
+  if (!tls) return () => net.connect(socketPath);
+  const tlsModule = require('node:tls') as typeof import('node:tls'); // on use: most apps are plain HTTP
+  return () => tlsModule.connect({ path: socketPath, ALPNProtocols: alpn, servername: 'localhost', rejectUnauthorized: false });
 }
 
 export async function probe(socketPath: string, target: ProbeTarget, rule: HealthRule, timeoutMs: number): Promise<ProbeResult> {
   if (target.h2) return probeH2(socketPath, target.tls, rule, timeoutMs);
-  const origin = `${target.tls ? 'https' : 'http'}://localhost:${rule.port}`;
-  const client = newClient(origin, {
-    socketPath,
-    connectTimeout: timeoutMs,
-    // The probe checks the app, not its certificate; the socket is private.
-    connect: target.tls ? { rejectUnauthorized: false } : undefined,
-  });
-  try {
-    const res = await client.request({
+  const connect = connectProbe(socketPath, target.tls, ['http/1.1']);
+  return new Promise<ProbeResult>((resolve) => {
+    const options: RequestOptions = {
+      // No Agent: see keeper-client.ts.
+      createConnection: connect,
       method: 'GET',
       path: rule.path ?? '/',
-      headers: { 'user-agent': 'reuse-deploy-health', connection: 'close' },
-      headersTimeout: timeoutMs,
-      bodyTimeout: timeoutMs,
+      headers: { host: `localhost:${rule.port}`, 'user-agent': 'reuse-deploy-health', connection: 'close' },
+    };
+    const req = http.request(options, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        if (body.length < 200) body += chunk;
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? null, bodyStart: body.slice(0, 200), error: null }));
+      res.on('error', (err) => resolve(failed(err)));
     });
-    const body = await res.body.text();
-    return { status: res.statusCode, bodyStart: body.slice(0, 200), error: null };
-  } catch (err) {
-    return failed(err);
-  } finally {
-    await client.destroy().catch(() => undefined);
-  }
+    req.setTimeout(timeoutMs, () => req.destroy(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' })));
+    req.on('error', (err) => resolve(failed(err)));
+    req.end();
+  });
 }
 
 function failed(err: unknown): ProbeResult {
@@ -63,16 +76,9 @@ function failed(err: unknown): ProbeResult {
 }
 
 async function probeH2(socketPath: string, tls: boolean, rule: HealthRule, timeoutMs: number): Promise<ProbeResult> {
-  const http2 = await import('node:http2');
-  const net = await import('node:net');
-  const tlsModule = await import('node:tls');
+  const http2 = require('node:http2') as typeof import('node:http2');
   const authority = `${tls ? 'https' : 'http'}://localhost:${rule.port}`;
-  const session = http2.connect(authority, {
-    createConnection: () =>
-      tls
-        ? tlsModule.connect({ path: socketPath, ALPNProtocols: ['h2'], servername: 'localhost', rejectUnauthorized: false })
-        : net.connect(socketPath),
-  });
+  const session = http2.connect(authority, { createConnection: connectProbe(socketPath, tls, ['h2']) });
   try {
     return await new Promise<ProbeResult>((resolve) => {
       const timer = setTimeout(() => resolve(failed(new Error(`no answer within ${timeoutMs} ms`))), timeoutMs);

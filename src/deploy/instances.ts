@@ -1,16 +1,15 @@
 // Starting, stopping and inspecting keepers (one per running release).
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DeployError } from '../errors';
-import { KEEPER_CONFIG_ENV, type KeeperConfig, type KeeperStatus } from '../protocol';
+import type { KeeperConfig, KeeperStatus } from '../protocol';
 import { keeperStop, tryKeeperStatus } from './keeper-client';
 import { checkSocketPath, type AppPaths } from './paths';
+import { appOnlyEnv, KEEPER_MAIN, takeKeeper } from './prestart';
 import type { Instance, Release } from './state';
 
-const KEEPER_MAIN = path.join(__dirname, '..', 'keeper', 'main.js');
 const PRELOAD = path.join(__dirname, '..', 'runtime', 'preload.js');
 
 export interface Spawned {
@@ -33,7 +32,7 @@ export function logFileOf(paths: AppPaths, release: string): string {
   return path.join(paths.logs, `${release}.log`);
 }
 
-/** Starts a keeper for `release`, detached in its own session, logging to the release's log file. */
+/** Hands `release` to a keeper (detached in its own session), which logs to the release's log file. */
 export function spawnKeeper(paths: AppPaths, release: Release, options: SpawnOptions): Spawned {
   const id = randomBytes(4).toString('hex');
   const controlSocket = path.join(paths.run, `${id}.sock`);
@@ -51,7 +50,7 @@ export function spawnKeeper(paths: AppPaths, release: Release, options: SpawnOpt
     host: options.host,
     port: options.port,
     instances: options.instances,
-    env: { PORT: String(options.port), REUSE_DEPLOY_RELEASE: release.id, REUSE_DEPLOY_APP: options.app, ...release.env },
+    env: { ...appOnlyEnv(), PORT: String(options.port), REUSE_DEPLOY_RELEASE: release.id, REUSE_DEPLOY_APP: options.app, ...release.env },
     controlSocket,
     probeSocketPrefix,
     gateTimeoutMs: options.gateTimeoutMs,
@@ -60,18 +59,15 @@ export function spawnKeeper(paths: AppPaths, release: Release, options: SpawnOpt
   };
   const logFd = fs.openSync(logFile, 'a', 0o600);
   const logOffset = fs.fstatSync(logFd).size;
-  const child = spawn(process.execPath, [KEEPER_MAIN], {
-    cwd: release.root,
-    detached: true, // setsid: outlives the CLI, and is not hit by its terminal's signals
-    stdio: ['ignore', logFd, logFd],
-    env: { ...process.env, [KEEPER_CONFIG_ENV]: JSON.stringify(config) },
-  });
   fs.closeSync(logFd);
+  // Started when the CLI started (src/deploy/prestart.ts); it runs once it has this.
+  const child = takeKeeper();
+  child.stdin?.end(JSON.stringify(config));
   const exited = new Promise<number | null>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve(child.exitCode);
     child.once('exit', (code) => resolve(code));
     child.once('error', () => resolve(null));
   });
-  child.unref();
   return {
     instance: {
       id,

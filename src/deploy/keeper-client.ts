@@ -1,15 +1,22 @@
 // Talks to a keeper's control socket: HTTP over a unix socket, JSON bodies.
-// node:http rather than undici here: these calls come first in every command
-// and must not wait for undici to load (~100-200 ms); health probes, which
-// come later, use undici (src/deploy/health.ts).
+// node:http, as for the health probes (see src/deploy/health.ts for why not undici).
 import http from 'node:http';
+import net from 'node:net';
 import type { KeeperStatus } from '../protocol';
 
 function call<T>(socketPath: string, method: 'GET' | 'POST', path: string, body: unknown, timeoutMs: number): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     const req = http.request(
-      { socketPath, method, path, agent: false, headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {} },
+      {
+        // A connection of its own, without an Agent: an Agent works out a TLS
+        // server name for every request, and its first isIP() call compiles
+        // a large regular expression (~10 ms) on the deploy's critical path.
+        createConnection: () => net.connect(socketPath),
+        method,
+        path,
+        headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {},
+      },
       (res) => {
         let text = '';
         res.setEncoding('utf8');
@@ -32,14 +39,15 @@ function call<T>(socketPath: string, method: 'GET' | 'POST', path: string, body:
   });
 }
 
-export function keeperStatus(socketPath: string, timeoutMs = 2_000): Promise<KeeperStatus> {
-  return call(socketPath, 'GET', '/status', undefined, timeoutMs);
+/** With `stats`, the apps' connection counts are fresh (a round trip to each app; for `status`). */
+export function keeperStatus(socketPath: string, timeoutMs = 2_000, stats = false): Promise<KeeperStatus> {
+  return call(socketPath, 'GET', stats ? '/status?stats=1' : '/status', undefined, timeoutMs);
 }
 
 /** Resolves or rejects with null when nobody answers on the socket. */
-export async function tryKeeperStatus(socketPath: string, timeoutMs = 2_000): Promise<KeeperStatus | null> {
+export async function tryKeeperStatus(socketPath: string, timeoutMs = 2_000, stats = false): Promise<KeeperStatus | null> {
   try {
-    return await keeperStatus(socketPath, timeoutMs);
+    return await keeperStatus(socketPath, timeoutMs, stats);
   } catch {
     return null;
   }

@@ -12,13 +12,14 @@ export interface Repair {
   statuses: Map<string, KeeperStatus>;
 }
 
-export async function repairState(stateFile: string, state: AppState, drainTimeoutMs: number): Promise<Repair> {
+/** `stats`: ask the keepers for fresh connection counts too (for `status`, which shows the statuses). */
+export async function repairState(stateFile: string, state: AppState, drainTimeoutMs: number, stats = false): Promise<Repair> {
   const notes: string[] = [];
   const statuses = new Map<string, KeeperStatus>();
   const keep: Instance[] = [];
 
   for (const instance of state.instances) {
-    const status = await tryKeeperStatus(instance.controlSocket, 1_500);
+    const status = await tryKeeperStatus(instance.controlSocket, 1_500, stats);
     if (!status) {
       if (isAlive(instance.keeperPid) && isKeeper(instance.keeperPid)) {
         killKeeperGroup(instance.keeperPid);

@@ -8,7 +8,8 @@ import { peerCredentials } from '../native';
 import type { KeeperStatus } from '../protocol';
 
 export interface ControlHandlers {
-  status(): Promise<KeeperStatus>;
+  /** With `stats`, the apps are asked for fresh connection counts first (for `status`; it takes a round trip). */
+  status(stats: boolean): Promise<KeeperStatus>;
   /** Answers once the phase is one of `phases`, or after timeoutMs: a long poll instead of polling. */
   wait(phases: string[], timeoutMs: number): Promise<KeeperStatus>;
   live(body: Record<string, unknown>): Promise<KeeperStatus>;
@@ -43,7 +44,7 @@ export async function serveControl(path: string, handlers: ControlHandlers): Pro
         const url = new URL(req.url ?? '/', 'http://keeper');
         switch (`${req.method} ${url.pathname}`) {
           case 'GET /status':
-            return reply(res, 200, await handlers.status());
+            return reply(res, 200, await handlers.status(url.searchParams.get('stats') === '1'));
           case 'GET /wait': {
             const phases = (url.searchParams.get('phases') ?? '').split(',');
             const timeoutMs = Math.min(60_000, Number(url.searchParams.get('timeoutMs') ?? 5_000));

@@ -8,11 +8,12 @@
 // health check (or on POST /unpark, for a release that passed it before and
 // was parked); and it leaves the group only after new connections are
 // steered elsewhere (or there is nowhere else) and its accept queue is empty.
+import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { acceptQueue, closeFd, detachSteering, listenFd, unlisten } from '../native';
-import { KEEPER_CONFIG_ENV, type KeeperConfig, type KeeperPhase, type KeeperStatus } from '../protocol';
+import { acceptQueue, closeFd, detachSteering, dup2Fd, ensureAddon, listenFd, unlisten } from '../native';
+import type { KeeperConfig, KeeperPhase, KeeperStatus } from '../protocol';
 import { AppProcess } from './apps';
 import { bindDeploySocket, isBindFailure } from './bind';
 import { countPeers, detachWhenAlone, steerToSelf } from './steering';
@@ -21,20 +22,16 @@ import { CRASH_LOOP, nextRestartDelay } from './supervise';
 
 (require('node:module') as { enableCompileCache?: () => unknown }).enableCompileCache?.(); // Node >= 22.1
 
-const config = JSON.parse(process.env[KEEPER_CONFIG_ENV] ?? 'null') as KeeperConfig | null;
-if (!config) {
-  process.stderr.write('reuse-deploy keeper: started without configuration; it is started by the reuse-deploy CLI only.\n');
-  process.exit(2);
-}
-delete process.env[KEEPER_CONFIG_ENV];
+// Set once the CLI has sent it (see readConfig).
+let config!: KeeperConfig;
 
 function log(message: string): void {
-  process.stdout.write(`${new Date().toISOString()} [reuse-deploy ${config!.release}/${config!.id}] ${message}\n`);
+  process.stdout.write(`${new Date().toISOString()} [reuse-deploy ${config ? `${config.release}/${config.id}` : 'keeper'}] ${message}\n`);
 }
 
 const status: KeeperStatus = {
-  id: config.id,
-  release: config.release,
+  id: '',
+  release: '',
   pid: process.pid,
   phase: 'booting',
   listener: 'closed',
@@ -47,7 +44,7 @@ const status: KeeperStatus = {
 };
 
 let fd = -1;
-let address = config.host;
+let address = '';
 let ownInode = 0;
 let apps: AppProcess[] = [];
 const crashTimes: number[][] = [];
@@ -55,6 +52,7 @@ const crashTimes: number[][] = [];
 function setPhase(phase: KeeperPhase): void {
   status.phase = phase;
   log(`phase ${phase}`);
+  changes.emit('change');
 }
 
 function fail(code: string, message: string): void {
@@ -102,11 +100,28 @@ function onAppExit(app: AppProcess, code: number | null, signal: NodeJS.Signals 
   }, delay);
 }
 
-async function waitFor(predicate: () => boolean, timeoutMs: number, stepMs = 10): Promise<boolean> {
+/** Fired on every phase change and every message or exit of an app process: what waitFor re-checks on. */
+const changes = new EventEmitter().setMaxListeners(0);
+
+/** Resolves on the next change, or after `ms`. */
+function nextChange(ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      changes.off('change', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    changes.on('change', done);
+  });
+}
+
+/** Waits until `predicate` holds: checked on every change, and every `stepMs` for what is not one (queues, clocks). */
+async function waitFor(predicate: () => boolean, timeoutMs: number, stepMs = 50): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   while (!predicate()) {
     if (Date.now() > deadline) return false;
-    await sleep(stepMs);
+    await nextChange(Math.min(stepMs, Math.max(1, deadline - Date.now())));
   }
   return true;
 }
@@ -119,7 +134,7 @@ async function waitFor(predicate: () => boolean, timeoutMs: number, stepMs = 10)
 async function goLive(knownPids: number[], from: 'gated' | 'parked'): Promise<KeeperStatus> {
   if (status.phase !== from) throw new Error(`cannot go live from phase ${status.phase}`);
   if (!apps.every((a) => a.running)) throw new Error('an app process of this release is no longer running');
-  const peers = countPeers(address, config!.port, ownInode);
+  const peers = countPeers(address, config.port, ownInode);
   listenFd(fd, 511);
   status.listener = 'listening';
   // Steer at once, so that the switch is clean: from here on every new
@@ -127,7 +142,7 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked'): Promise<Ke
   // the app processes take over the fd.
   status.steering = null;
   if (peers > 0) {
-    status.steering = steerToSelf(fd, address, config!.port, ownInode, peers, knownPids);
+    status.steering = steerToSelf(fd, address, config.port, ownInode, peers, knownPids);
     log(`steering new connections to group index ${peers} of ${status.steering.groupSize}`);
     if (status.steering.unknown > 0) {
       log(`warning: ${status.steering.unknown} listener(s) on the port belong to no known release; they keep their share after the old release leaves`);
@@ -143,7 +158,7 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked'): Promise<Ke
     throw new Error('the app processes did not start accepting within 10 s');
   }
   if (status.steering) {
-    detachWhenAlone(fd, address, config!.port, status.steering.groupSize, () => fd >= 0, log, () => (status.steering = null));
+    detachWhenAlone(fd, address, config.port, status.steering.groupSize, () => fd >= 0, log, () => (status.steering = null));
   }
   clearTimeout(parkTimer);
   status.parkedUntil = null;
@@ -159,18 +174,46 @@ let parkTimer: NodeJS.Timeout | undefined;
 /**
  * On a small host a booting Node process competes with the live one for
  * CPU, which shows in the live version's tail latency. Until go-live the
- * keeper and its apps run at nice 10; at go-live they return to 0. Only
- * root may lower a nice value again, so others leave priorities alone.
+ * keeper's session runs at a lower priority, and at go-live it returns to 0.
+ *
+ * With CFS autogroup (kernel.sched_autogroup_enabled=1, the default on most
+ * distributions) the scheduler shares CPU between sessions first, so a
+ * per-process nice value does nothing against the live release, which is
+ * another session: the session's own nice value in /proc/self/autogroup is
+ * what counts (kernel/sched/autogroup.c, proc_sched_autogroup_set_nice).
+ * Any user may set it to a value from 0 to 19, and back; without
+ * CAP_SYS_ADMIN the kernel takes one such write per 100 ms host-wide and
+ * answers EAGAIN to others, so a write is retried. Tasks in a cpu cgroup
+ * other than the root one are not autogrouped; there the per-process nice
+ * value counts, which only root may lower again, so only root sets it.
  */
-const RENICE = process.getuid?.() === 0;
+const BOOT_NICE = 10;
+let wantedNice = 0;
 function setBootPriority(booting: boolean): void {
-  if (!RENICE) return;
-  const nice = booting ? 10 : 0;
+  wantedNice = booting ? BOOT_NICE : 0;
+  setAutogroupNice(5);
+  if (process.getuid?.() !== 0) return;
   try {
-    os.setPriority(process.pid, nice);
-    for (const app of apps) if (app.status.pid) os.setPriority(app.status.pid, nice);
+    os.setPriority(process.pid, wantedNice);
+    for (const app of apps) if (app.status.pid) os.setPriority(app.status.pid, wantedNice);
   } catch (err) {
-    log(`could not set the priority to ${nice}: ${(err as Error).message}`);
+    log(`could not set the priority to ${wantedNice}: ${(err as Error).message}`);
+  }
+}
+
+function setAutogroupNice(attempts: number): void {
+  const nice = wantedNice;
+  try {
+    fs.writeFileSync('/proc/self/autogroup', String(nice));
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EAGAIN' && attempts > 1) {
+      setTimeout(() => {
+        if (wantedNice === nice) setAutogroupNice(attempts - 1);
+      }, 110).unref();
+    } else if (code !== 'ENOENT') {
+      log(`could not set the session's priority to ${nice}: ${(err as Error).message}`);
+    }
   }
 }
 
@@ -236,7 +279,7 @@ function shutdown(code: number): void {
   shuttingDown = true;
   for (const app of apps) app.kill('SIGKILL');
   try {
-    fs.unlinkSync(config!.controlSocket);
+    fs.unlinkSync(config.controlSocket);
   } catch {
     // already gone
   }
@@ -245,23 +288,68 @@ function shutdown(code: number): void {
 }
 
 function startApps(c: KeeperConfig): void {
-  setBootPriority(true); // the app processes inherit it
   apps = Array.from({ length: c.instances }, (_, slot) => new AppProcess(slot, c, fd));
   for (const app of apps) {
     crashTimes[app.slot] = [];
-    app.on('exit', (code, signal) => onAppExit(app, code, signal));
+    app.on('exit', (code, signal) => {
+      onAppExit(app, code, signal);
+      changes.emit('change');
+    });
     app.on('message', (m) => {
       if (m.rd === 'gated' && status.phase === 'booting' && allApps('gated')) setPhase('gated');
       else if (m.rd === 'listener-closed') app.status.state = 'draining';
       else if (m.rd === 'drained') drained.add(app.slot);
       else if (m.rd === 'listen-error') log(`app ${app.slot} could not listen: ${m.message}`);
+      changes.emit('change');
     });
     app.start(false);
   }
 }
 
+/** The configuration the CLI writes to stdin; null when it closes the pipe without one. */
+function readConfig(): Promise<KeeperConfig | null> {
+  return new Promise((resolve) => {
+    let text = '';
+    process.stdin.setEncoding('utf8');
+    process.stdin.on('data', (chunk: string) => (text += chunk));
+    process.stdin.on('end', () => {
+      try {
+        resolve(text ? (JSON.parse(text) as KeeperConfig) : null);
+      } catch {
+        resolve(null);
+      }
+    });
+    process.stdin.on('error', () => resolve(null));
+  });
+}
+
+/** From here on the keeper's output, and its apps' (they inherit fds 1 and 2), go to the release's log. */
+function redirectOutput(logFile: string): void {
+  const logFd = fs.openSync(logFile, 'a', 0o600);
+  dup2Fd(logFd, 1);
+  dup2Fd(logFd, 2);
+  fs.closeSync(logFd);
+}
+
 async function main(): Promise<void> {
-  const c = config!;
+  if (process.stdin.isTTY) {
+    process.stderr.write('reuse-deploy keeper: it is started by the reuse-deploy CLI only.\n');
+    process.exit(2);
+  }
+  setBootPriority(true); // the app processes inherit it
+  // Started when the CLI started (src/deploy/prestart.ts): load what the
+  // release will need while the CLI prepares it.
+  ensureAddon();
+  const { serveControl } = require('./control') as typeof import('./control');
+  const c = await readConfig();
+  if (!c) process.exit(0); // the command ended without starting a release
+  config = c;
+  // Started in / (it did not know its release yet); now it belongs to the release like its apps.
+  process.chdir(c.cwd);
+  status.id = c.id;
+  status.release = c.release;
+  address = c.host;
+  redirectOutput(c.logFile);
   // Bind and start the apps first, and only then load and open the control
   // socket: the apps boot while the keeper finishes its own start-up.
   const bound = bindDeploySocket(c.host, c.port);
@@ -276,21 +364,22 @@ async function main(): Promise<void> {
     startApps(c);
   }
 
-  const { serveControl } = require('./control') as typeof import('./control');
   await serveControl(c.controlSocket, {
-    status: async () => {
-      const asked = Date.now();
-      for (const app of apps) {
-        app.readRss();
-        app.send({ rd: 'stats' });
+    status: async (stats) => {
+      if (stats) {
+        const asked = Date.now();
+        for (const app of apps) {
+          app.readRss();
+          app.send({ rd: 'stats' });
+        }
+        // Fresh connection counts, if the apps answer quickly.
+        await waitFor(() => apps.every((a) => !a.running || a.statsAt >= asked), 250);
       }
-      // Fresh connection counts, if the apps answer quickly.
-      await waitFor(() => apps.every((a) => !a.running || a.statsAt >= asked), 250, 5);
       status.apps = apps.map((a) => ({ ...a.status }));
       return status;
     },
     wait: async (phases, timeoutMs) => {
-      await waitFor(() => phases.includes(status.phase), timeoutMs, 5);
+      await waitFor(() => phases.includes(status.phase), timeoutMs);
       status.apps = apps.map((a) => ({ ...a.status }));
       return status;
     },

@@ -1,0 +1,69 @@
+// The keeper of a deploy, started before the CLI loads anything else.
+//
+// A deploy runs three Node processes one after the other: the CLI, the
+// release's keeper and the app. Node takes 80-140 ms to start on a small
+// host, so the CLI starts the keeper first thing (src/cli.ts), and the
+// keeper starts up while the CLI loads, takes the app's lock and snapshots
+// the release. The keeper then waits for its configuration on stdin
+// (src/keeper/main.ts). A command that ends without sending one (a usage
+// error, a busy lock, a release that is already running or parked) just
+// exits; the pipe closes, and the keeper exits too, having done nothing.
+//
+// This module loads only node:child_process and node:path, so that the
+// keeper starts as early as possible.
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+
+export const KEEPER_MAIN = path.join(__dirname, '..', 'keeper', 'main.js');
+
+/** Commands that never start a release (anything else may be a deploy or `start`). */
+const NO_RELEASE = new Set(['status', 'stop', 'logs', 'releases', 'doctor', '--help', '-h', '--version', '-v']);
+
+/**
+ * Variables that change how any Node process starts, which the keeper does
+ * not need but the app may: the keeper starts without them and hands them to
+ * the app. NODE_EXTRA_CA_CERTS alone costs Node 20 about 60 ms per start
+ * here (it parses the bundle at start-up; Node 22 reads it on first TLS
+ * use), and the keeper makes no TLS connections. NODE_OPTIONS could make the
+ * keeper load an app's --require hooks.
+ */
+const APP_ONLY_ENV = ['NODE_EXTRA_CA_CERTS', 'NODE_OPTIONS'];
+
+/** What the keeper's environment leaves out and the app's must put back. */
+export function appOnlyEnv(): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const name of APP_ONLY_ENV) if (process.env[name] !== undefined) out[name] = process.env[name];
+  return out;
+}
+
+function startKeeper(): ChildProcess {
+  const env = { ...process.env };
+  for (const name of APP_ONLY_ENV) delete env[name];
+  const child = spawn(process.execPath, [KEEPER_MAIN], {
+    cwd: '/', // it must not keep any app directory busy; every path it gets is absolute
+    detached: true, // setsid: outlives the CLI, and is not hit by its terminal's signals
+    // stdout and stderr move to the release's log file once the keeper knows it.
+    stdio: ['pipe', 'ignore', 'ignore'],
+    env,
+  });
+  child.on('error', () => undefined); // seen by the caller as an early exit
+  child.stdin?.on('error', () => undefined); // EPIPE: it exited; seen the same way
+  child.unref();
+  (child.stdin as unknown as { unref?: () => void } | null)?.unref?.();
+  return child;
+}
+
+let waiting: ChildProcess | null = null;
+
+/** Starts a keeper at once when `argv` may be a command that starts a release. */
+export function prestartKeeper(argv: string[]): void {
+  if (argv.some((a) => NO_RELEASE.has(a))) return;
+  waiting = startKeeper();
+}
+
+/** The keeper started ahead, or a new one: it waits for its configuration on stdin. */
+export function takeKeeper(): ChildProcess {
+  const child = waiting && waiting.exitCode === null && waiting.signalCode === null ? waiting : startKeeper();
+  waiting = null;
+  return child;
+}
