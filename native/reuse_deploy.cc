@@ -7,6 +7,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/filter.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
@@ -15,6 +18,7 @@
 #include <unistd.h>
 
 #include <string>
+#include <vector>
 
 #ifndef SO_ATTACH_REUSEPORT_CBPF
 #define SO_ATTACH_REUSEPORT_CBPF 51
@@ -226,6 +230,87 @@ Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// tcpListeners(port): [{family, address, inode, uid, queued}] for every TCP
+// socket in LISTEN state on `port` in this network namespace, from the
+// kernel's socket diagnostics (NETLINK_SOCK_DIAG, as `ss -ltn` uses).
+// /proc/net/tcp lists every socket, TIME_WAIT included, so on a busy port it
+// has tens of thousands of lines to format and parse; asking for
+// TCPF_LISTEN only makes inet_diag_dump_icsk walk the listening hash alone,
+// and it skips other ports itself (id.idiag_sport). One request per address
+// family: there is no AF_UNSPEC handler. Returns null when the kernel or a
+// sandbox refuses netlink, so that the caller can fall back to /proc.
+bool DumpListeners(int family, int port, std::vector<inet_diag_msg>* out) {
+  int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  if (nl < 0) return false;
+  struct {
+    nlmsghdr nlh;
+    inet_diag_req_v2 req;
+  } msg;
+  memset(&msg, 0, sizeof msg);
+  msg.nlh.nlmsg_len = sizeof msg;
+  msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  msg.nlh.nlmsg_seq = 1;
+  msg.req.sdiag_family = family;
+  msg.req.sdiag_protocol = IPPROTO_TCP;
+  msg.req.idiag_states = 1 << 10;  // TCPF_LISTEN
+  msg.req.id.idiag_sport = htons(port);
+  msg.req.id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
+  msg.req.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+  sockaddr_nl kernel;
+  memset(&kernel, 0, sizeof kernel);
+  kernel.nl_family = AF_NETLINK;
+  if (sendto(nl, &msg, sizeof msg, 0, reinterpret_cast<sockaddr*>(&kernel), sizeof kernel) < 0) {
+    close(nl);
+    return false;
+  }
+  alignas(nlmsghdr) char buf[16384];
+  for (;;) {
+    ssize_t n = recv(nl, buf, sizeof buf, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      close(nl);
+      return false;
+    }
+    int len = static_cast<int>(n);
+    for (nlmsghdr* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
+      if (h->nlmsg_type == NLMSG_DONE) {
+        close(nl);
+        return true;
+      }
+      if (h->nlmsg_type == NLMSG_ERROR) {
+        close(nl);
+        return false;
+      }
+      if (h->nlmsg_type == SOCK_DIAG_BY_FAMILY && h->nlmsg_len >= NLMSG_LENGTH(sizeof(inet_diag_msg)))
+        out->push_back(*static_cast<inet_diag_msg*>(NLMSG_DATA(h)));
+    }
+  }
+}
+
+Napi::Value TcpListeners(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!ArgsAreNumbers(info, 1)) return env.Undefined();
+  int port = info[0].As<Napi::Number>().Int32Value();
+  std::vector<inet_diag_msg> found;
+  if (!DumpListeners(AF_INET, port, &found) || !DumpListeners(AF_INET6, port, &found)) return env.Null();
+  Napi::Array out = Napi::Array::New(env, found.size());
+  for (size_t i = 0; i < found.size(); i++) {
+    const inet_diag_msg& m = found[i];
+    char text[INET6_ADDRSTRLEN] = "";
+    inet_ntop(m.idiag_family, m.id.idiag_src, text, sizeof text);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("family", Napi::Number::New(env, m.idiag_family == AF_INET6 ? 6 : 4));
+    o.Set("address", Napi::String::New(env, text));
+    o.Set("port", Napi::Number::New(env, ntohs(m.id.idiag_sport)));
+    o.Set("inode", Napi::Number::New(env, m.idiag_inode));
+    o.Set("uid", Napi::Number::New(env, m.idiag_uid));
+    o.Set("queued", Napi::Number::New(env, m.idiag_rqueue));  // sk_ack_backlog for a listener
+    out.Set(i, o);
+  }
+  return out;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("bindReusePort", Napi::Function::New(env, BindReusePort));
   exports.Set("listen", Napi::Function::New(env, Listen));
@@ -238,6 +323,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("dup2", Napi::Function::New(env, Dup2));
   exports.Set("flock", Napi::Function::New(env, Flock));
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials));
+  exports.Set("tcpListeners", Napi::Function::New(env, TcpListeners));
   return exports;
 }
 

@@ -20,7 +20,7 @@ prestartKeeper(process.argv.slice(2));
 import { cac } from 'cac';
 import { DeployError, EXIT, toDeployError, usageError } from './errors';
 import { cpuCount, deployCommand, releasesCommand, statusCommand, stopCommand, type DeployOutcome, type StatusOutcome } from './deploy/commands';
-import { parseDuration, parseEnv, parseHealthPath, parseInstances, parseKeep, parsePort, resolveHost } from './deploy/options';
+import { parseDuration, parseEnv, parseHealthPath, parseInstances, parseKeep, parsePort, parseWarmUp, resolveHost } from './deploy/options';
 import { defaultStateDir } from './deploy/paths';
 import { createProgress, type Progress } from './deploy/progress';
 import { resolveEntry } from './deploy/app';
@@ -117,6 +117,7 @@ cli
   .option('--health-timeout <duration>', 'Time to boot, listen and pass health (default: 30s)')
   .option('--drain-timeout <duration>', 'Time the old version gets to finish its requests (default: 30s)')
   .option('--handshake-grace <duration>', 'Wait for handshakes in flight to the old listener before it closes (default: 1s)')
+  .option('--warm-up <n>', 'Requests of the health check sent to each new app process before it takes traffic, to warm up its JIT (default: 50; 0: none)')
   .option('--instances <n>', 'App processes per release, or "max" for one per CPU (default: 1)')
   .option('--env <KEY=VALUE>', 'Environment variable for the app (repeatable)')
   .option('--node-arg <arg>', 'Extra argument for node, e.g. --node-arg=--max-old-space-size=512 (repeatable)')
@@ -181,6 +182,7 @@ cli
             healthTimeoutMs: parseDuration('health-timeout', flags.healthTimeout, 30_000),
             drainTimeoutMs: parseDuration('drain-timeout', flags.drainTimeout, 30_000),
             handshakeGraceMs: parseDuration('handshake-grace', flags.handshakeGrace, 1_000),
+            warmUpRequests: parseWarmUp(flags.warmUp),
             parkMs: parseDuration('park', flags.park, 0),
             keep: parseKeep(flags.keep),
             stateDir: stateDirOf(flags),
@@ -213,6 +215,7 @@ cli
             healthTimeoutMs: parseDuration('health-timeout', flags.healthTimeout, 30_000),
             drainTimeoutMs: 30_000,
             handshakeGraceMs: 1_000,
+            warmUpRequests: parseWarmUp(undefined),
             parkMs: 0,
             keep: Number.MAX_SAFE_INTEGER,
             stateDir: stateDirOf(flags),

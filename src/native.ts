@@ -41,6 +41,18 @@ interface Addon {
   dup2(fd: number, target: number): void;
   flock(fd: number, exclusive: boolean, wait: boolean): boolean;
   peerCredentials(fd: number): PeerCredentials;
+  tcpListeners(port: number): DiagListener[] | null;
+}
+
+/** A listening TCP socket, from NETLINK_SOCK_DIAG. */
+export interface DiagListener {
+  family: 4 | 6;
+  address: string;
+  port: number;
+  inode: number;
+  uid: number;
+  /** Connections waiting in its accept queue. */
+  queued: number;
 }
 
 /** An OS error from the addon, with Node's usual `code` (EADDRINUSE, ...). */
@@ -260,3 +272,5 @@ export const dup2Fd = (fd: number, target: number): void => call(() => load().ad
 export const flock = (fd: number, exclusive: boolean, wait: boolean): boolean =>
   call(() => load().addon.flock(fd, exclusive, wait));
 export const peerCredentials = (fd: number): PeerCredentials => call(() => load().addon.peerCredentials(fd));
+/** Listening sockets on `port` in this network namespace; null where netlink is refused. */
+export const tcpListeners = (port: number): DiagListener[] | null => call(() => load().addon.tcpListeners(port));

@@ -65,7 +65,11 @@ export interface KeeperConfig {
   preload: string;
 }
 
-export const KEEPER_CONFIG_ENV = 'REUSE_DEPLOY_KEEPER';
+/**
+ * The nice value of a booting release's session (its CFS autogroup) until
+ * go-live; see setBootPriority in src/keeper/main.ts.
+ */
+export const BOOT_NICE = 10;
 
 export type AppState = 'starting' | 'gated' | 'live' | 'draining' | 'parked' | 'exited' | 'failed';
 

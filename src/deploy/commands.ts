@@ -41,6 +41,7 @@ export interface DeployInput {
   healthTimeoutMs: number;
   drainTimeoutMs: number;
   handshakeGraceMs: number;
+  warmUpRequests: number;
   parkMs: number;
   keep: number;
   stateDir: string;
@@ -185,6 +186,7 @@ export async function deployCommand(input: DeployInput, progress: Progress): Pro
       healthTimeoutMs: input.healthTimeoutMs,
       drainTimeoutMs: input.drainTimeoutMs,
       handshakeGraceMs: input.handshakeGraceMs,
+      warmUpRequests: input.warmUpRequests,
       parkMs: input.parkMs,
     };
     if (parked) {

@@ -14,6 +14,7 @@ const KEYS = {
   healthTimeout: 'healthTimeout',
   drainTimeout: 'drainTimeout',
   handshakeGrace: 'handshakeGrace',
+  warmUp: 'warmUp',
   instances: 'instances',
   env: 'env',
   nodeArgs: 'nodeArg',

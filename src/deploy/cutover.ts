@@ -18,7 +18,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DeployError } from '../errors';
 import type { KeeperStatus } from '../protocol';
-import { isHealthy, probe, type HealthRule, type ProbeResult } from './health';
+import { isHealthy, probe, warmUp, type HealthRule, type ProbeResult } from './health';
 import { keeperDrain, keeperLive, keeperUnpark, keeperWait, tryKeeperStatus } from './keeper-client';
 import { logTail, spawnKeeper, stopInstance, waitForKeeper, type Spawned } from './instances';
 import type { AppPaths } from './paths';
@@ -37,6 +37,8 @@ export interface CutoverOptions {
   handshakeGraceMs: number;
   /** Keep the old release up, closed to traffic, this long for an instant rollback (0: no parking). */
   parkMs: number;
+  /** Requests of the health check sent to each new app process after it passed, before go-live (JIT warm-up). */
+  warmUpRequests: number;
 }
 
 export interface CutoverResult {
@@ -175,8 +177,12 @@ export async function cutover(
     progress.phase(`waiting for ${release.id} to listen on port ${options.port}`);
     const gated = await waitListening(spawned, options.port, deadline);
     progress.phase(`checking health of ${release.id} (${options.health ?? 'GET /'}) on its private socket`);
-    await waitHealthy(spawned, gated, { path: options.health, port: options.port }, deadline, progress);
+    const rule = { path: options.health, port: options.port };
+    await waitHealthy(spawned, gated, rule, deadline, progress);
     msToHealthy = Date.now() - started;
+    if (options.warmUpRequests > 0) {
+      await Promise.all(gated.apps.map((a) => warmUp(`${spawned.instance.probeSocketPrefix}${a.slot}.sock`, a, rule, options.warmUpRequests)));
+    }
     await waitPortSettled(state, progress);
     progress.phase(`${release.id} is healthy; joining port ${options.port}`);
     try {

@@ -63,6 +63,14 @@ export async function resolveHost(value: unknown): Promise<string> {
   }
 }
 
+/** Warm-up requests per app process before go-live (see warmUp in health.ts). */
+export function parseWarmUp(value: unknown): number {
+  if (value === undefined) return 50;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 10_000) throw usageError(`--warm-up ${JSON.stringify(String(value))} is not valid. Use a whole number of requests from 0 (none) to 10000.`);
+  return n;
+}
+
 export function parseKeep(value: unknown): number {
   if (value === undefined) return 5;
   const n = Number(value);

@@ -9,10 +9,12 @@
 // error, a busy lock, a release that is already running or parked) just
 // exits; the pipe closes, and the keeper exits too, having done nothing.
 //
-// This module loads only node:child_process and node:path, so that the
-// keeper starts as early as possible.
+// This module loads only node:child_process, node:fs and node:path, so that
+// the keeper starts as early as possible.
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
+import { BOOT_NICE } from '../protocol';
 
 export const KEEPER_MAIN = path.join(__dirname, '..', 'keeper', 'main.js');
 
@@ -46,6 +48,14 @@ function startKeeper(): ChildProcess {
     stdio: ['pipe', 'ignore', 'ignore'],
     env,
   });
+  // Its session exists once spawn() returns (setsid runs before exec): lower
+  // the session's priority now, so that the keeper's own start-up already
+  // yields to the live version (the keeper sets it again, and resets it at go-live).
+  try {
+    fs.writeFileSync(`/proc/${child.pid}/autogroup`, String(BOOT_NICE));
+  } catch {
+    // no autogroup, or the 100 ms rate limit: the keeper sets it itself
+  }
   child.on('error', () => undefined); // seen by the caller as an early exit
   child.stdin?.on('error', () => undefined); // EPIPE: it exited; seen the same way
   child.unref();

@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { acceptQueue, closeFd, detachSteering, dup2Fd, ensureAddon, listenFd, unlisten } from '../native';
-import type { KeeperConfig, KeeperPhase, KeeperStatus } from '../protocol';
+import { BOOT_NICE, type KeeperConfig, type KeeperPhase, type KeeperStatus } from '../protocol';
 import { AppProcess } from './apps';
 import { bindDeploySocket, isBindFailure } from './bind';
 import { countPeers, detachWhenAlone, steerToSelf } from './steering';
@@ -187,7 +187,6 @@ let parkTimer: NodeJS.Timeout | undefined;
  * other than the root one are not autogrouped; there the per-process nice
  * value counts, which only root may lower again, so only root sets it.
  */
-const BOOT_NICE = 10;
 let wantedNice = 0;
 function setBootPriority(booting: boolean): void {
   wantedNice = booting ? BOOT_NICE : 0;
@@ -204,6 +203,8 @@ function setBootPriority(booting: boolean): void {
 function setAutogroupNice(attempts: number): void {
   const nice = wantedNice;
   try {
+    // "/autogroup-123 nice 10": the CLI may have set it already (src/deploy/prestart.ts).
+    if (fs.readFileSync('/proc/self/autogroup', 'utf8').trim().endsWith(` nice ${nice}`)) return;
     fs.writeFileSync('/proc/self/autogroup', String(nice));
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;

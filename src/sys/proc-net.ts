@@ -1,9 +1,11 @@
-// Who listens on a TCP port, read from /proc/net/tcp and /proc/net/tcp6
-// (tcp4_seq_show / tcp6_seq_show). Listening sockets are state 0A. The
-// address is printed as the raw in-kernel words in host byte order.
+// Who listens on a TCP port: from the kernel's socket diagnostics (netlink,
+// see tcpListeners in native/), else from /proc/net/tcp and /proc/net/tcp6
+// (tcp4_seq_show / tcp6_seq_show), where listening sockets are state 0A and
+// addresses are printed as the raw in-kernel words in host byte order.
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
+import { tcpListeners } from '../native';
 
 export interface Listener {
   address: string;
@@ -57,6 +59,13 @@ function readTable(file: string, port: number): Listener[] {
 
 /** Every listening TCP socket on `port` in this network namespace. */
 export function listenersOn(port: number): Listener[] {
+  let diag: ReturnType<typeof tcpListeners> = null;
+  try {
+    diag = tcpListeners(port);
+  } catch {
+    // no addon (doctor reports that): /proc still works
+  }
+  if (diag) return diag.map((l) => ({ address: normalizeAddress(l.address), port, uid: l.uid, inode: l.inode, queued: l.queued }));
   return [...readTable('/proc/net/tcp', port), ...readTable('/proc/net/tcp6', port)];
 }
 
