@@ -1,5 +1,7 @@
 // End-to-end: the real CLI deploys real apps, real clients send real HTTP.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
 import { after, afterEach, beforeEach, describe, test } from 'node:test';
 import type { ChildProcess } from 'node:child_process';
 import {
@@ -166,6 +168,66 @@ describe('a failed deploy leaves v1 serving, untouched', () => {
     const missing = await runCli([fixture('nope.js'), '--port', String(port), '--state-dir', stateDir]);
     assert.equal(missing.code, 2);
     assert.match(missing.stderr, /RD_ERR_ENTRY_NOT_FOUND/);
+  });
+});
+
+describe('speed and priority', () => {
+  test('warm-up: the health check is sent --warm-up more times before go-live', async () => {
+    const r = await deploy('app.js', '--health', '/healthz', '--warm-up', '7');
+    assert.equal(r.code, 0, r.stderr);
+    remember(stateDir, 'app');
+    // One probe passed (the app is healthy at once), then seven warm-up requests.
+    assert.equal((await get(port, '/healthz-count')).body, '8');
+    const none = await deploy('app.js', '--health', '/healthz', '--warm-up', '0');
+    assert.equal(none.code, 0, none.stderr);
+    assert.equal((await get(port, '/healthz-count')).body, '1');
+    const bad = await deploy('app.js', '--warm-up', 'lots');
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--warm-up "lots" is not valid/);
+  });
+
+  test("a booting release's session runs at nice 10 until go-live, then at 0", { skip: !fs.existsSync('/proc/self/autogroup') && 'no CFS autogroup in this kernel' }, async () => {
+    const niceOf = (pid: number): number => Number(/nice (-?\d+)/.exec(fs.readFileSync(`/proc/${pid}/autogroup`, 'utf8'))![1]);
+    const v1 = await deploy('app.js');
+    assert.equal(v1.code, 0, v1.stderr);
+    remember(stateDir, 'app');
+    const [liveKeeper] = livePids();
+    assert.equal(niceOf(liveKeeper!), 0);
+    const slow = deploy('app.js', '--env', 'LISTEN_AFTER_MS=1500');
+    let booting = 0;
+    await waitUntil(() => {
+      const state = readAppState(stateDir, 'app') as { instances: { role: string; keeperPid: number }[] } | null;
+      booting = state?.instances.find((i) => i.role === 'starting')?.keeperPid ?? 0;
+      return booting > 0;
+    }, 10_000, 'the new release to be recorded as starting');
+    const [app] = processGroup(booting).filter((pid) => pid !== booting);
+    assert.equal(niceOf(booting), 10, 'the booting keeper session');
+    if (app) assert.equal(niceOf(app), 10, 'its app shares the session');
+    assert.equal(niceOf(liveKeeper!), 0, 'the live release is left alone');
+    const r = await slow;
+    assert.equal(r.code, 0, r.stderr);
+    remember(stateDir, 'app');
+    await waitUntil(() => niceOf(booting) === 0, 5_000, 'the session to be back at nice 0 after go-live');
+  });
+
+  test('a command that ends before starting a release leaves no keeper behind', async () => {
+    const keepers = (): number[] =>
+      fs.readdirSync('/proc').filter((e) => /^\d+$/.test(e)).map(Number).filter((pid) => {
+        try {
+          return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(path.join('keeper', 'main.js')) && isAlive(pid);
+        } catch {
+          return false;
+        }
+      });
+    const before = new Set(keepers());
+    const results = await Promise.all([
+      deploy('app.js', '--port', 'nope'), // usage error
+      deploy('nope.js'), // no such entry
+      runCli(['--previous', '--name', 'app', '--state-dir', stateDir]), // no such app
+    ]);
+    assert.deepEqual(results.map((r) => r.code), [2, 2, 2]);
+    assert.match(results[2]!.stderr, /RD_ERR_NO_STATE/);
+    await waitUntil(() => keepers().every((pid) => before.has(pid)), 5_000, 'keepers started ahead to exit');
   });
 });
 

@@ -56,6 +56,36 @@ describe('drain', () => {
     assert.deepEqual(load.errors, []);
   });
 
+  test('keep-alive connections are asked to close in turns, not all at once', async () => {
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v1');
+    // Six connections of their own, one request each every 20 ms.
+    const clients = Array.from({ length: 6 }, () => new Agent({ connections: 1, keepAliveTimeout: 30_000 }));
+    const closedAt: number[] = [];
+    const errors: string[] = [];
+    let running = true;
+    const loops = clients.map(async (agent, i) => {
+      while (running) {
+        try {
+          const res = await request(`http://127.0.0.1:${t.port}/`, { dispatcher: agent });
+          const body = await res.body.text();
+          if (res.headers.connection === 'close' && body.startsWith('v1 ') && closedAt[i] === undefined) closedAt[i] = Date.now();
+        } catch (err) {
+          errors.push((err as Error).message);
+        }
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '200ms');
+    await waitUntil(() => closedAt.filter((x) => x !== undefined).length === clients.length, 10_000, 'every v1 connection to be asked to close');
+    running = false;
+    await Promise.all(loops);
+    await Promise.all(clients.map((c) => c.close()));
+    assert.deepEqual(errors, []);
+    // Connection i may be closed from i/6 of the 500 ms spread on: the last no sooner than ~417 ms after the first could be.
+    assert.ok(Math.max(...closedAt) - Math.min(...closedAt) >= 100, `closes spread out (${closedAt.map((x) => x - Math.min(...closedAt)).join(', ')} ms)`);
+  });
+
   test('a request in flight finishes on the old version, with Connection: close; the drain hook runs', async () => {
     const marker = path.join(t.stateDir, 'drained.txt');
     await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--env', 'SLOW_MS=8000', '--env', `DRAIN_MARKER=${marker}`);

@@ -19,8 +19,10 @@ import {
   flock,
   listenFd,
   peerCredentials,
+  tcpListeners,
   type SystemError,
 } from '../src/native';
+import { listenersOn, procListenersOn } from '../src/sys/proc-net';
 import { freePort, ROOT } from './helpers';
 
 const openFds: number[] = [];
@@ -221,6 +223,37 @@ describe('listening fd', () => {
     } finally {
       fs.closeSync(fd);
     }
+  });
+});
+
+describe('tcpListeners (netlink sock_diag)', () => {
+  test('lists the listeners of one port, as /proc/net/tcp does, queue depths included', async () => {
+    const port = await freePort();
+    const other = await freePort();
+    const a = bound('127.0.0.1', port);
+    const b = bound('127.0.0.1', port);
+    const c = bound('127.0.0.1', other);
+    listenFd(a, 16);
+    listenFd(b, 16);
+    listenFd(c, 16);
+    attachSteering(b, 1); // every new connection queues on b, which nobody accepts
+    await connect(port);
+    await connect(port);
+    const viaNetlink = tcpListeners(port);
+    assert.ok(viaNetlink, 'netlink answered');
+    const key = (l: { inode: number }) => l.inode;
+    const sorted = <T extends { inode: number }>(xs: T[]) => [...xs].sort((x, y) => key(x) - key(y));
+    assert.deepEqual(
+      sorted(viaNetlink!).map((l) => [l.inode, l.address, l.port, l.uid, l.queued]),
+      sorted(procListenersOn(port)).map((l) => [l.inode, l.address, l.port, l.uid, l.queued]),
+    );
+    assert.deepEqual(sorted(viaNetlink!).map((l) => [l.inode, l.queued]), sorted([
+      { inode: fs.fstatSync(a).ino, queued: 0 },
+      { inode: fs.fstatSync(b).ino, queued: 2 },
+    ]).map((l) => [l.inode, l.queued]));
+    assert.deepEqual(sorted(listenersOn(port)), sorted(procListenersOn(port)));
+    assert.deepEqual(tcpListeners(await freePort()), []);
+    for (const fd of [a, b, c]) close(fd);
   });
 });
 

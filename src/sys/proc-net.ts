@@ -66,6 +66,11 @@ export function listenersOn(port: number): Listener[] {
     // no addon (doctor reports that): /proc still works
   }
   if (diag) return diag.map((l) => ({ address: normalizeAddress(l.address), port, uid: l.uid, inode: l.inode, queued: l.queued }));
+  return procListenersOn(port);
+}
+
+/** The same, from /proc/net/tcp{,6} only: the fallback where netlink is refused. */
+export function procListenersOn(port: number): Listener[] {
   return [...readTable('/proc/net/tcp', port), ...readTable('/proc/net/tcp6', port)];
 }
 
