@@ -14,8 +14,9 @@
 // each in two load modes: keep-alive (ka) and a new connection per request
 // (close). Also: the app's bare boot time, and the runtime preload's
 // overhead: the app bare, with an inert `--require dist/src/runtime/preload.js`,
-// and deployed by reuse-deploy, loaded side by side at the same time
-// (throughput, and the app process's CPU time per request).
+// and deployed by reuse-deploy, each loaded alone with the app pinned to
+// CPU 1 and the load generator to CPU 0 (throughput, and the app process's
+// CPU time per request).
 //
 // Prints one table on stdout; writes raw results (JSON) and a picture (SVG)
 // to bench-results/. Every process it starts is stopped by pid, and every
@@ -84,7 +85,7 @@ function parseArgs(argv) {
   o.warmupMs = 500; // not counted at rest: connection setup, JIT
   o.settleMs = o.quick ? 800 : 1500; // load continues after the last deploy
   o.bootSamples = o.quick ? 5 : 10;
-  o.overheadRounds = o.quick ? 2 : 6;
+  o.overheadRounds = o.quick ? 2 : 10;
   o.overheadWindowMs = o.quick ? 1500 : 2500;
   o.timeoutMs = 2000;
   if (!(o.deploys >= 1) || !(o.rate >= 1) || !(o.conns >= 1)) {
@@ -316,10 +317,10 @@ async function measureBoot(n) {
 
 // ---------------------------------------------------------------- load generator
 
-function startLoad({ ns, port, mode, rate, durationMs, maxRequests, outFile }) {
+function startLoad({ ns, port, mode, rate, durationMs, maxRequests, outFile, cpu = null }) {
   const args = [LOAD, '--port', String(port), '--host', '127.0.0.1', '--mode', mode, '--conns', String(opts.conns), '--rate', String(rate),
     '--duration-ms', String(Math.round(durationMs)), '--max-requests', String(Math.round(maxRequests)), '--timeout-ms', String(opts.timeoutMs), '--out', outFile];
-  const [c, a] = nsWrap(ns, process.execPath, args);
+  const [c, a] = cpu === null ? nsWrap(ns, process.execPath, args) : nsWrap(ns, 'taskset', ['-c', String(cpu), process.execPath, ...args]);
   // Its own session (scheduling autogroup), like the apps it loads.
   const child = spawnTracked(c, a, { cwd: ROOT, stdio: ['pipe', 'ignore', 'pipe'], detached: true });
   let errText = '';
@@ -742,14 +743,21 @@ function cpuNs(pid) {
   return total;
 }
 
+/** Pins every thread of `pid` to one CPU (taskset); false where that is not possible. */
+function pin(pid, cpu) {
+  return spawnSync('taskset', ['-a', '-p', '-c', String(cpu), String(pid)], { stdio: 'ignore' }).status === 0;
+}
+
 /**
  * The runtime preload's cost: the app bare, with the inert preload, and
- * deployed by reuse-deploy (preload active, behind a keeper). The three run
- * side by side and are loaded at the same time, each by its own load
- * generator (keep-alive, closed loop), so that whatever else the machine
- * does hits all three alike; per round we compare each to the bare app
- * (throughput, and CPU time of the app process per request), and report the
- * median ratio over the rounds and its range.
+ * deployed by reuse-deploy (preload active, behind a keeper). Each app
+ * process is pinned to CPU 1 and its load generator (keep-alive, closed
+ * loop) to CPU 0, so that the app alone has a CPU and its throughput is the
+ * inverse of its cost per request; the variants are loaded one after
+ * another, in a rotating order, round after round. Per round each is
+ * compared with the bare app (throughput, and CPU time of the app process
+ * per request); reported: the median over the rounds and its range. (Loaded
+ * side by side on two CPUs, as an earlier version did, the range was ±50%.)
  */
 async function measureOverhead(tmp, appEntry) {
   const bare = { key: 'bare', label: 'bare node', port: await freePort() };
@@ -771,16 +779,22 @@ async function measureOverhead(tmp, appEntry) {
   if (!dep.pid) throw new Error('could not find the pid of the deployed app process');
   const variants = [bare, pre, dep];
   for (const v of variants) v.rounds = [];
+  const pinned = os.cpus().length >= 2 && variants.every((v) => pin(v.pid, 1));
+  if (!pinned) log('overhead: could not pin the apps to CPU 1 (taskset); measuring unpinned');
   const windowMs = opts.overheadWindowMs;
   for (let round = 0; round < opts.overheadRounds && !interrupted; round++) {
-    const loads = variants.map((v) => startLoad({ ns: null, port: v.port, mode: 'ka', rate: 0, durationMs: windowMs + opts.warmupMs, maxRequests: 2_000_000, outFile: path.join(tmp, `overhead-${v.key}-${round}.json`) }));
-    await Promise.all(loads.map((l) => l.started));
-    await sleep(opts.warmupMs);
-    const c0 = variants.map((v) => cpuNs(v.pid));
-    const results = await Promise.all(loads.map((l) => l.result()));
-    const c1 = variants.map((v) => cpuNs(v.pid));
-    variants.forEach((v, i) => {
-      const r = results[i];
+    const order = variants.map((_, i) => variants[(i + round) % variants.length]);
+    const measured = new Map();
+    for (const v of order) {
+      const load = startLoad({ ns: null, port: v.port, mode: 'ka', rate: 0, durationMs: windowMs + opts.warmupMs, maxRequests: 2_000_000, outFile: path.join(tmp, `overhead-${v.key}-${round}.json`), cpu: pinned ? 0 : null });
+      await load.started;
+      await sleep(opts.warmupMs);
+      const c0 = cpuNs(v.pid);
+      const r = await load.result();
+      measured.set(v, { r, cpu: cpuNs(v.pid) - c0 });
+    }
+    variants.forEach((v) => {
+      const { r, cpu } = measured.get(v);
       let n = 0;
       let all = 0;
       let failedN = 0;
@@ -791,7 +805,7 @@ async function measureOverhead(tmp, appEntry) {
           if (r.kind[k] === 0) n++;
         }
       }
-      v.rounds.push({ rps: n / ((r.end - r.t0 - opts.warmupMs) / 1000), cpuUsPerReq: (c1[i] - c0[i]) / 1000 / Math.max(1, all), requests: r.requests, failed: failedN });
+      v.rounds.push({ rps: n / ((r.end - r.t0 - opts.warmupMs) / 1000), cpuUsPerReq: cpu / 1000 / Math.max(1, all), requests: r.requests, failed: failedN });
     });
     log(`overhead round ${round + 1}: ${variants.map((v) => `${v.key} ${Math.round(v.rounds[round].rps)} req/s, ${v.rounds[round].cpuUsPerReq.toFixed(1)} µs/req`).join('; ')}`);
   }
@@ -1002,7 +1016,7 @@ async function main() {
 
   let overhead = null;
   if (!interrupted) {
-    log(`measuring the runtime preload's overhead (${opts.overheadRounds} round(s) of ${opts.overheadWindowMs} ms, three variants loaded at once)`);
+    log(`measuring the runtime preload's overhead (${opts.overheadRounds} round(s) of ${opts.overheadWindowMs} ms per variant, one at a time, app on CPU 1, load on CPU 0)`);
     try {
       overhead = await measureOverhead(tmp, appEntry);
     } catch (err) {
@@ -1062,7 +1076,7 @@ async function main() {
     out.push('');
     const pct = (x) => (x === null || !Number.isFinite(x) ? '-' : `${x >= 0 ? '+' : ''}${fmt(x, 1)}%`);
     const range = (r) => (overhead[0].rounds.length > 1 ? `${pct(r[0])}..${pct(r[1])}` : '-');
-    out.push(`runtime preload overhead: the three variants side by side, loaded at the same time (keep-alive, closed loop, ${opts.conns} connections each), ${overhead[0].rounds.length} round(s) of ${opts.overheadWindowMs} ms; vs bare = median over rounds of the per-round difference (range); CPU = the app process's CPU time per request:`);
+    out.push(`runtime preload overhead: each variant loaded alone, app pinned to CPU 1 and load generator to CPU 0 (keep-alive, closed loop, ${opts.conns} connections), ${overhead[0].rounds.length} round(s) of ${opts.overheadWindowMs} ms each, rotating order; vs bare = median over rounds of the per-round difference (range); CPU = the app process's CPU time per request:`);
     out.push(table(['variant', 'req/s', 'vs bare', 'range', 'CPU µs/req', 'vs bare', 'range'], overhead.map((v, i) => [v.label, fmt(v.rps, 0), i ? pct(v.rpsDiffPct) : '', i ? range(v.rpsDiffRange) : '', fmt(v.cpuUsPerReq, 1), i ? pct(v.cpuDiffPct) : '', i ? range(v.cpuDiffRange) : '']), 1));
   }
 
