@@ -1,8 +1,8 @@
 // The cutover state machine: one deploy of one release of one app.
 //
-//   locked -> spawned -> listening -> healthy -> live -> old-draining -> recorded
-//      \________\___________\___________\
-//                                        `-> rolled-back (new instance stopped)
+//   locked -> spawned -> listening -> healthy -> warmed -> live -> old-draining -> recorded
+//      \________\___________\___________\__________\
+//                                                   `-> rolled-back (new instance stopped)
 //
 // Invariant: at every moment the app has at most one live, undraining
 // instance, and the port never has fewer accepting listeners than before

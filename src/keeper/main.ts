@@ -280,7 +280,7 @@ function shutdown(code: number): void {
   shuttingDown = true;
   for (const app of apps) app.kill('SIGKILL');
   try {
-    fs.unlinkSync(config.controlSocket);
+    if (config) fs.unlinkSync(config.controlSocket); // none before the CLI sent the configuration
   } catch {
     // already gone
   }
