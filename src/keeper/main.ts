@@ -338,10 +338,9 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   setBootPriority(true); // the app processes inherit it
-  // Started when the CLI started (src/deploy/prestart.ts): load what the
-  // release will need while the CLI prepares it.
+  // Started when the CLI started (src/deploy/prestart.ts): load the addon
+  // while the CLI prepares the release; the bind needs it first thing.
   ensureAddon();
-  const { serveControl } = require('./control') as typeof import('./control');
   const c = await readConfig();
   if (!c) process.exit(0); // the command ended without starting a release
   config = c;
@@ -365,6 +364,7 @@ async function main(): Promise<void> {
     startApps(c);
   }
 
+  const { serveControl } = require('./control') as typeof import('./control');
   await serveControl(c.controlSocket, {
     status: async (stats) => {
       if (stats) {
