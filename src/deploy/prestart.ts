@@ -13,6 +13,7 @@
 // the keeper starts as early as possible.
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import type net from 'node:net';
 import path from 'node:path';
 import { BOOT_NICE } from '../protocol';
 
@@ -59,7 +60,7 @@ function startKeeper(): ChildProcess {
   child.on('error', () => undefined); // seen by the caller as an early exit
   child.stdin?.on('error', () => undefined); // EPIPE: it exited; seen the same way
   child.unref();
-  (child.stdin as unknown as { unref?: () => void } | null)?.unref?.();
+  (child.stdin as net.Socket | null)?.unref(); // the pipe must not keep the CLI running
   return child;
 }
 
