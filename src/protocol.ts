@@ -71,6 +71,11 @@ export interface KeeperConfig {
  */
 export const BOOT_NICE = 10;
 
+/** The private probe socket of app process `slot` of an instance (KeeperConfig.probeSocketPrefix). */
+export function probeSocketPath(prefix: string, slot: number): string {
+  return `${prefix}${slot}.sock`;
+}
+
 export type AppState = 'starting' | 'gated' | 'live' | 'draining' | 'parked' | 'exited' | 'failed';
 
 export interface AppStatus {

@@ -17,7 +17,7 @@
 // that a crash at any line leaves a state the next command can repair.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DeployError } from '../errors';
-import type { KeeperStatus } from '../protocol';
+import { probeSocketPath, type KeeperStatus } from '../protocol';
 import { isHealthy, probe, warmUp, type HealthRule, type ProbeResult } from './health';
 import { keeperDrain, keeperLive, keeperUnpark, keeperWait, tryKeeperStatus } from './keeper-client';
 import { logTail, spawnKeeper, stopInstance, waitForKeeper, type Spawned } from './instances';
@@ -88,7 +88,7 @@ async function waitHealthy(spawned: Spawned, gated: KeeperStatus, rule: HealthRu
     for (const app of gated.apps) {
       if (!pending.has(app.slot)) continue;
       const timeout = Math.max(100, Math.min(5_000, deadline - Date.now()));
-      last = await probe(`${spawned.instance.probeSocketPrefix}${app.slot}.sock`, { tls: app.tls, h2: app.h2 }, rule, timeout);
+      last = await probe(probeSocketPath(spawned.instance.probeSocketPrefix, app.slot), { tls: app.tls, h2: app.h2 }, rule, timeout);
       if (isHealthy(rule, last)) pending.delete(app.slot);
     }
     if (pending.size === 0) return;
@@ -181,7 +181,7 @@ export async function cutover(
     await waitHealthy(spawned, gated, rule, deadline, progress);
     msToHealthy = Date.now() - started;
     if (options.warmUpRequests > 0) {
-      await Promise.all(gated.apps.map((a) => warmUp(`${spawned.instance.probeSocketPrefix}${a.slot}.sock`, a, rule, options.warmUpRequests)));
+      await Promise.all(gated.apps.map((a) => warmUp(probeSocketPath(spawned.instance.probeSocketPrefix, a.slot), a, rule, options.warmUpRequests)));
     }
     await waitPortSettled(state, progress);
     progress.phase(`${release.id} is healthy; joining port ${options.port}`);

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DeployError } from '../errors';
-import type { KeeperConfig, KeeperStatus } from '../protocol';
+import { probeSocketPath, type KeeperConfig, type KeeperStatus } from '../protocol';
 import { keeperStop, tryKeeperStatus } from './keeper-client';
 import { checkSocketPath, type AppPaths } from './paths';
 import { appOnlyEnv, KEEPER_MAIN, takeKeeper } from './prestart';
@@ -37,7 +37,7 @@ export function spawnKeeper(paths: AppPaths, release: Release, options: SpawnOpt
   const id = randomBytes(4).toString('hex');
   const controlSocket = path.join(paths.run, `${id}.sock`);
   const probeSocketPrefix = path.join(paths.run, `${id}-`);
-  checkSocketPath(`${probeSocketPrefix}${Math.max(0, options.instances - 1)}.sock`);
+  checkSocketPath(probeSocketPath(probeSocketPrefix, Math.max(0, options.instances - 1)));
   const logFile = logFileOf(paths, release.id);
   const config: KeeperConfig = {
     id,

@@ -2,7 +2,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
-import { ENV, isAppMessage, type AppMessage, type AppStatus, type KeeperConfig, type KeeperMessage } from '../protocol';
+import { ENV, isAppMessage, probeSocketPath, type AppMessage, type AppStatus, type KeeperConfig, type KeeperMessage } from '../protocol';
 
 export interface AppEvents {
   message: [AppMessage];
@@ -39,7 +39,7 @@ export class AppProcess extends EventEmitter<AppEvents> {
   }
 
   probeSocket(): string {
-    return `${this.config.probeSocketPrefix}${this.slot}.sock`;
+    return probeSocketPath(this.config.probeSocketPrefix, this.slot);
   }
 
   /** Starts the process; with `live`, it listens at once (a restart after a crash). */
