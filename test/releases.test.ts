@@ -77,6 +77,21 @@ describe('releases and rollback', () => {
     assert.deepEqual(releases.find((x) => x.previous)?.id, 'r3');
   });
 
+  test('a partial snapshot left by a killed CLI does not block the next deploy', async () => {
+    build('v1');
+    assert.equal((await deploy()).code, 0);
+    // What a kill -9 during the snapshot of r2 leaves: files under r2, and
+    // state.json still numbering the next release r2.
+    const stray = path.join(stateDir, 'shop', 'releases', 'r2');
+    fs.mkdirSync(stray, { recursive: true });
+    fs.writeFileSync(path.join(stray, 'server.js'), 'half a file');
+    build('v2');
+    const r = await deploy();
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /deployed shop r2/);
+    assert.equal(await version(), 'v2');
+  });
+
   test('a failed rollback leaves the current version serving and exits 1', async () => {
     build('v1');
     assert.equal((await deploy()).code, 0);

@@ -65,6 +65,10 @@ function newRelease(paths: AppPaths, state: AppState, resolved: ResolvedEntry, i
   progress.phase(`snapshotting ${resolved.root} as ${id}`);
   let stats: SnapshotStats;
   try {
+    // A CLI killed while snapshotting leaves a partial tree under the next
+    // id before state.json counts it. No release owns it, and the lock is
+    // held, so it goes.
+    if (!state.releases.some((r) => r.root === dir)) removeReleaseTree(dir);
     stats = snapshot(resolved.root, dir, paths.store, { exclude: [path.dirname(paths.dir)] });
   } catch (err) {
     removeReleaseTree(dir);
