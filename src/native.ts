@@ -15,6 +15,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { DeployError } from './errors';
+import { packageRoot } from './package-files';
 
 export interface AcceptQueue {
   listening: boolean;
@@ -67,8 +68,6 @@ interface NodeGypBuild {
   /** The addon file node-gyp-build would load from `dir`; throws "No native build was found ..." if none. */
   path(dir: string): string;
 }
-
-export const packageRoot = path.resolve(__dirname, '..', '..');
 
 const platformArch = `${process.platform}-${process.arch}`;
 const sourceBuild = path.join(packageRoot, 'build', 'Release', 'reuse_deploy.node');

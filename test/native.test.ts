@@ -363,7 +363,7 @@ describe('RD_ERR_ADDON', () => {
     // A copy of the loader in a package root without prebuilds/ or build/, and a PATH with only node.
     const pkg = path.join(tmp, 'pkg');
     fs.mkdirSync(path.join(pkg, 'dist', 'src'), { recursive: true });
-    for (const f of ['native.js', 'errors.js']) fs.copyFileSync(path.join(ROOT, 'dist', 'src', f), path.join(pkg, 'dist', 'src', f));
+    for (const f of ['native.js', 'errors.js', 'package-files.js']) fs.copyFileSync(path.join(ROOT, 'dist', 'src', f), path.join(pkg, 'dist', 'src', f));
     fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(pkg, 'package.json'));
     fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(pkg, 'node_modules'));
     fs.mkdirSync(path.join(pkg, 'prebuilds', 'plan9-mips'), { recursive: true });

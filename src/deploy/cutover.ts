@@ -18,7 +18,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DeployError } from '../errors';
 import { probeSocketPath, type KeeperStatus } from '../protocol';
-import { isHealthy, probe, warmUp, type HealthRule, type ProbeResult } from './health';
+import { isHealthy, loadProber, probe, warmUp, type HealthRule, type ProbeResult } from './health';
 import { keeperDrain, keeperLive, keeperUnpark, keeperWait, tryKeeperStatus } from './keeper-client';
 import { logTail, spawnKeeper, stopInstance, waitForKeeper, type Spawned } from './instances';
 import type { AppPaths } from './paths';
@@ -173,6 +173,7 @@ export async function cutover(
   let msToHealthy: number;
   try {
     whileBooting();
+    loadProber();
     await waitForKeeper(spawned, 10_000);
     progress.phase(`waiting for ${release.id} to listen on port ${options.port}`);
     const gated = await waitListening(spawned, options.port, deadline);

@@ -6,7 +6,7 @@
 // ~300 ms of CPU while the new version booted beside the live one, and V8's
 // background tier-up of its llhttp WebAssembly held process exit another
 // ~250 ms (platform worker threads are joined at exit). A probe is one GET.
-import http, { type RequestOptions } from 'node:http';
+import type { RequestOptions } from 'node:http';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 
@@ -21,6 +21,15 @@ export interface HealthRule {
   /** Path given with --health (2xx needed), or null: GET / with any status below 500. */
   path: string | null;
   port: number;
+}
+
+/**
+ * node:http, loaded on first use: a deploy loads it while the new version
+ * boots (cutover calls this then), not before the release starts, where
+ * every millisecond adds to the deploy (~8 ms on Node 20).
+ */
+export function loadProber(): typeof import('node:http') {
+  return require('node:http') as typeof import('node:http');
 }
 
 export function isHealthy(rule: HealthRule, result: ProbeResult): boolean {
@@ -49,13 +58,15 @@ export async function probe(socketPath: string, target: ProbeTarget, rule: Healt
   const connect = connectProbe(socketPath, target.tls, ['http/1.1']);
   return new Promise<ProbeResult>((resolve) => {
     const options: RequestOptions = {
-      // No Agent: see keeper-client.ts.
+      // A connection of its own, without an Agent: an Agent works out a TLS
+      // server name for every request, and its first isIP() call compiles a
+      // large regular expression (~10 ms).
       createConnection: connect,
       method: 'GET',
       path: rule.path ?? '/',
       headers: { host: `localhost:${rule.port}`, 'user-agent': 'reuse-deploy-health', connection: 'close' },
     };
-    const req = http.request(options, (res) => {
+    const req = loadProber().request(options, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (chunk: string) => {

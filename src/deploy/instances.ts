@@ -7,10 +7,9 @@ import { DeployError } from '../errors';
 import { probeSocketPath, type KeeperConfig, type KeeperStatus } from '../protocol';
 import { keeperStop, tryKeeperStatus } from './keeper-client';
 import { checkSocketPath, type AppPaths } from './paths';
-import { appOnlyEnv, KEEPER_MAIN, takeKeeper } from './prestart';
+import { KEEPER_MAIN, PRELOAD } from '../package-files';
+import { appOnlyEnv, takeKeeper } from './prestart';
 import type { Instance, Release } from './state';
-
-const PRELOAD = path.join(__dirname, '..', 'runtime', 'preload.js');
 
 export interface Spawned {
   instance: Instance;
@@ -62,7 +61,7 @@ export function spawnKeeper(paths: AppPaths, release: Release, options: SpawnOpt
   fs.closeSync(logFd);
   // Started when the CLI started (src/deploy/prestart.ts); it runs once it has this.
   const child = takeKeeper();
-  child.stdin?.end(JSON.stringify(config));
+  child.stdin?.end(`${JSON.stringify(config)}\n`); // one line: the keeper starts on the newline (readConfig in src/keeper/main.ts)
   const exited = new Promise<number | null>((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) resolve(child.exitCode);
     child.once('exit', (code) => resolve(code));

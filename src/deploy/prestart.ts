@@ -14,10 +14,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import type net from 'node:net';
-import path from 'node:path';
+import { KEEPER_MAIN } from '../package-files';
 import { BOOT_NICE } from '../protocol';
-
-export const KEEPER_MAIN = path.join(__dirname, '..', 'keeper', 'main.js');
 
 /** Commands that never start a release (anything else may be a deploy or `start`). */
 const NO_RELEASE = new Set(['status', 'stop', 'logs', 'releases', 'doctor', '--help', '-h', '--version', '-v']);

@@ -31,9 +31,11 @@ async function readBody(req: http.IncomingMessage): Promise<Record<string, unkno
   return text ? (JSON.parse(text) as Record<string, unknown>) : {};
 }
 
+/** With a Content-Length, which the CLI's client needs (src/deploy/keeper-client.ts). */
 function reply(res: http.ServerResponse, code: number, body: unknown): void {
-  res.writeHead(code, { 'content-type': 'application/json' });
-  res.end(JSON.stringify(body));
+  const text = JSON.stringify(body);
+  res.writeHead(code, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
 }
 
 export async function serveControl(path: string, handlers: ControlHandlers): Promise<http.Server> {

@@ -307,20 +307,34 @@ function startApps(c: KeeperConfig): void {
   }
 }
 
-/** The configuration the CLI writes to stdin; null when it closes the pipe without one. */
+/**
+ * The configuration the CLI writes to stdin, one line of JSON; null when it
+ * closes the pipe without one. The line ends it, not the pipe's EOF: the
+ * CLI's end() only closes the pipe once its event loop runs again, which can
+ * be tens of milliseconds of synchronous work later (state.json's fsync,
+ * pruning), all of it on the deploy's critical path.
+ */
 function readConfig(): Promise<KeeperConfig | null> {
   return new Promise((resolve) => {
     let text = '';
+    const done = (config: KeeperConfig | null): void => {
+      process.stdin.removeAllListeners().on('error', () => undefined);
+      process.stdin.destroy();
+      resolve(config);
+    };
     process.stdin.setEncoding('utf8');
-    process.stdin.on('data', (chunk: string) => (text += chunk));
-    process.stdin.on('end', () => {
+    process.stdin.on('data', (chunk: string) => {
+      text += chunk;
+      const end = text.indexOf('\n');
+      if (end < 0) return;
       try {
-        resolve(text ? (JSON.parse(text) as KeeperConfig) : null);
+        done(JSON.parse(text.slice(0, end)) as KeeperConfig);
       } catch {
-        resolve(null);
+        done(null);
       }
     });
-    process.stdin.on('error', () => resolve(null));
+    process.stdin.on('end', () => done(null));
+    process.stdin.on('error', () => done(null));
   });
 }
 
