@@ -4,6 +4,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, afterEach, beforeEach, describe, test } from 'node:test';
 import type { ChildProcess } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { keeperStop } from '../src/deploy/keeper-client';
 import {
   cleanup,
   fixture,
@@ -69,6 +71,23 @@ describe('deploy and cutover', () => {
     const firstV2 = loop.answers.findIndex((a) => a.startsWith('v2 '));
     assert.ok(loop.answers.slice(firstV2).every((a) => a.startsWith('v2 ')), 'no v1 answer after the first v2 answer');
     await waitUntil(() => v1Pids.every((pid) => !isAlive(pid)), 15_000, 'v1 processes to exit');
+  });
+
+  test('a stop sent to a keeper that has gone live drains it: a request in flight is answered', async () => {
+    // What the CLI sends when a go-live answer was lost after the keeper had joined the port.
+    assert.equal((await deploy('app.js', '--env', 'SLOW_MS=1500')).code, 0);
+    remember(stateDir, 'app');
+    const state = readAppState(stateDir, 'app') as unknown as { instances: { controlSocket: string; keeperPid: number }[] };
+    const [instance] = state.instances;
+    const slow = get(port, '/slow', { timeoutMs: 10_000 });
+    await sleep(300); // the request is in the app
+    await keeperStop(instance!.controlSocket);
+    const answer = await slow;
+    assert.equal(answer.status, 200);
+    assert.match(answer.body, / slow$/);
+    await waitUntil(() => !isAlive(instance!.keeperPid), 15_000, 'the keeper to exit after its drain');
+    const log = fs.readFileSync(path.join(stateDir, 'app', 'logs', 'r1.log'), 'utf8');
+    assert.ok(log.indexOf('phase draining') > log.indexOf('phase live'), log);
   });
 
   test('status and stop', async () => {

@@ -400,13 +400,11 @@ async function main(): Promise<void> {
     },
     live: (body) => goLive(Array.isArray(body.knownPids) ? body.knownPids.map(Number) : [], 'gated'),
     unpark: (body) => goLive(Array.isArray(body.knownPids) ? body.knownPids.map(Number) : [], 'parked'),
-    drain: (body) => {
-      void drain(Number(body.timeoutMs ?? 30_000), Number(body.graceMs ?? 0), Number(body.parkMs ?? 0)).catch((err) => {
-        log(`drain failed: ${(err as Error).message}`);
-        shutdown(1);
-      });
-    },
-    stop: stopNow,
+    drain: (body) => startDrain(Number(body.timeoutMs ?? 30_000), Number(body.graceMs ?? 0), Number(body.parkMs ?? 0)),
+    // The CLI stops a release that never took traffic. One that went live
+    // all the same (its go-live answer was lost, say) may hold connections
+    // in its accept queue, which a plain close would reset: it drains.
+    stop: () => (status.phase === 'live' ? startDrain(30_000, 1_000, 0) : stopNow()),
   });
   watchLogSize(c.logFile);
   setTimeout(() => {
@@ -418,10 +416,17 @@ async function main(): Promise<void> {
   }, c.gateTimeoutMs).unref();
 }
 
+function startDrain(timeoutMs: number, graceMs: number, parkMs: number): void {
+  void drain(timeoutMs, graceMs, parkMs).catch((err) => {
+    log(`drain failed: ${(err as Error).message}`);
+    shutdown(1);
+  });
+}
+
 /** SIGTERM/SIGINT (systemd, a person): a live release drains; one that serves nothing just stops. */
 function onSignal(): void {
   if (status.phase === 'live') {
-    void drain(30_000, 0);
+    startDrain(30_000, 0, 0);
   } else if (status.phase !== 'draining' && status.phase !== 'closed') {
     stopNow();
   }
