@@ -915,7 +915,7 @@ function svgPicture(scenarios, title) {
 let appEntry = APP;
 
 async function main() {
-  if (!fs.existsSync(CLI) || !fs.existsSync(PRELOAD)) throw new Error('dist/ is missing: build first with `npx tsc -p .`');
+  if (!fs.existsSync(CLI) || !fs.existsSync(PRELOAD)) throw new Error('dist/ is missing: build first with `npm run build`');
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'rdbench-'));
   onCleanup('temp dir', () => {
     if (opts.keepTmp) log(`temp files kept in ${tmp}`);
