@@ -12,7 +12,7 @@ import net from 'node:net';
 import type { KeeperStatus } from '../protocol';
 
 /** Status code and body of one complete HTTP/1.1 response, or an error saying what is wrong with it. */
-export function parseResponse(raw: Buffer): { status: number; body: string } {
+function parseResponse(raw: Buffer): { status: number; body: string } {
   const head = raw.indexOf('\r\n\r\n');
   if (head < 0) throw new Error('the keeper closed the connection before a complete answer');
   const lines = raw.subarray(0, head).toString('latin1').split('\r\n');
