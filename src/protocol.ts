@@ -67,9 +67,20 @@ export interface KeeperConfig {
 
 /**
  * The nice value of a booting release's session (its CFS autogroup) until
- * go-live; see setBootPriority in src/keeper/main.ts.
+ * go-live; see setBootPriority in src/keeper/main.ts. A release still booting
+ * after BOOT_RAISE_MS goes to BOOT_NICE_SLOW: at 19 its session's weight is
+ * 15 against the live session's 1024, which on a host whose CPUs the live
+ * version keeps busy leaves the boot ~1.5% of a CPU; at 10 it gets ~10%.
  */
-export const BOOT_NICE = 10;
+export const BOOT_NICE = 19;
+export const BOOT_NICE_SLOW = 10;
+export const BOOT_RAISE_MS = 2_000;
+
+/**
+ * The CLI's own nice value, once it has started the keeper (src/cli.ts). It
+ * serves no traffic, and may share a session with processes that do.
+ */
+export const CLI_NICE = 19;
 
 /** The private probe socket of app process `slot` of an instance (KeeperConfig.probeSocketPrefix). */
 export function probeSocketPath(prefix: string, slot: number): string {

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import { CLI, fixture, freshAppPerTest, get, remember, runCli } from './helpers';
+import { CLI, fixture, freshAppPerTest, get, remember, runCli, runProcess } from './helpers';
 
 const t = freshAppPerTest();
 
@@ -104,6 +104,22 @@ describe('output', () => {
     remember(t.stateDir, 'app');
     assert.match(plain, /deployed app r2/);
     assert.doesNotMatch(plain, /\u001b\[3\dm/, 'no colour with NO_COLOR');
+  });
+});
+
+describe('as a command', () => {
+  test('it starts Node without NODE_EXTRA_CA_CERTS, and the app still gets it', async () => {
+    // Node 20 reads the file at every start-up and warns when it cannot;
+    // Node 22 and later only on the first TLS use, which the CLI never makes.
+    const extra = '/nonexistent/reuse-deploy-test-ca.pem';
+    const r = await runProcess(CLI, [...deployArgs(), '--json'], { env: { ...process.env, CI: 'true', NODE_EXTRA_CA_CERTS: extra } });
+    remember(t.stateDir, 'app');
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stderr, /extra certs/i, 'the CLI did not load it');
+    assert.equal((await get(t.port, '/env/NODE_EXTRA_CA_CERTS')).body, extra);
+    assert.equal((await get(t.port, '/env/REUSE_DEPLOY_CARRIED_CA_CERTS')).body, '(unset)');
+    const plain = await runProcess(CLI, ['--version'], { env: { ...process.env, NODE_EXTRA_CA_CERTS: undefined } });
+    assert.equal(plain.code, 0, plain.stderr);
   });
 });
 

@@ -1,11 +1,13 @@
 // End-to-end: the real CLI deploys real apps, real clients send real HTTP.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { after, afterEach, beforeEach, describe, test } from 'node:test';
 import type { ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { keeperStop } from '../src/deploy/keeper-client';
+import { BOOT_NICE, BOOT_NICE_SLOW, BOOT_RAISE_MS } from '../src/protocol';
 import {
   cleanup,
   fixture,
@@ -205,14 +207,14 @@ describe('speed and priority', () => {
     assert.match(bad.stderr, /--warm-up "lots" is not valid/);
   });
 
-  test("a booting release's session runs at nice 10 until go-live, then at 0", { skip: !fs.existsSync('/proc/self/autogroup') && 'no CFS autogroup in this kernel' }, async () => {
+  test("a booting release's session runs at nice 19, at 10 once its boot is slow, and at 0 from go-live", { skip: !fs.existsSync('/proc/self/autogroup') && 'no CFS autogroup in this kernel' }, async () => {
     const niceOf = (pid: number): number => Number(/nice (-?\d+)/.exec(fs.readFileSync(`/proc/${pid}/autogroup`, 'utf8'))![1]);
     const v1 = await deploy('app.js');
     assert.equal(v1.code, 0, v1.stderr);
     remember(stateDir, 'app');
     const [liveKeeper] = livePids();
     assert.equal(niceOf(liveKeeper!), 0);
-    const slow = deploy('app.js', '--env', 'LISTEN_AFTER_MS=1500');
+    const slow = deploy('app.js', '--env', `LISTEN_AFTER_MS=${BOOT_RAISE_MS + 1_000}`);
     let booting = 0;
     await waitUntil(() => {
       const state = readAppState(stateDir, 'app') as { instances: { role: string; keeperPid: number }[] } | null;
@@ -220,13 +222,21 @@ describe('speed and priority', () => {
       return booting > 0;
     }, 10_000, 'the new release to be recorded as starting');
     const [app] = processGroup(booting).filter((pid) => pid !== booting);
-    assert.equal(niceOf(booting), 10, 'the booting keeper session');
-    if (app) assert.equal(niceOf(app), 10, 'its app shares the session');
+    assert.equal(niceOf(booting), BOOT_NICE, 'the booting keeper session');
+    if (app) assert.equal(niceOf(app), BOOT_NICE, 'its app shares the session');
     assert.equal(niceOf(liveKeeper!), 0, 'the live release is left alone');
+    await waitUntil(() => niceOf(booting) === BOOT_NICE_SLOW, BOOT_RAISE_MS + 2_000, `the session at nice ${BOOT_NICE_SLOW} once the boot took ${BOOT_RAISE_MS} ms`);
     const r = await slow;
     assert.equal(r.code, 0, r.stderr);
     remember(stateDir, 'app');
     await waitUntil(() => niceOf(booting) === 0, 5_000, 'the session to be back at nice 0 after go-live');
+    // The CLI lowers its own priority only after it started the keeper:
+    // without root, a process could not return from an inherited nice value.
+    assert.equal(os.getPriority(booting), 0, 'the keeper process');
+    for (const pid of processGroup(booting).filter((p) => p !== booting)) assert.equal(os.getPriority(pid), 0, 'an app process');
+    const logs = path.join(stateDir, 'app', 'logs');
+    const said = fs.readdirSync(logs).some((f) => fs.readFileSync(path.join(logs, f), 'utf8').includes(`raising its CPU priority to nice ${BOOT_NICE_SLOW}`));
+    assert.ok(said, 'the keeper logs the raise');
   });
 
   test('a command that ends before starting a release leaves no keeper behind', async () => {

@@ -1,8 +1,8 @@
 // The keeper of a deploy, started before the CLI loads anything else.
 //
 // A deploy runs three Node processes one after the other: the CLI, the
-// release's keeper and the app. Node takes 80-140 ms to start on a small
-// host, so the CLI starts the keeper first thing (src/cli.ts), and the
+// release's keeper and the app. Node takes tens of milliseconds to start on
+// a small host, so the CLI starts the keeper first thing (src/cli.ts), and the
 // keeper starts up while the CLI loads, takes the app's lock and snapshots
 // the release. The keeper then waits for its configuration on stdin
 // (src/keeper/main.ts). A command that ends without sending one (a usage
@@ -23,7 +23,7 @@ const NO_RELEASE = new Set(['status', 'stop', 'logs', 'releases', 'doctor', '--h
 /**
  * Variables that change how any Node process starts, which the keeper does
  * not need but the app may: the keeper starts without them and hands them to
- * the app. NODE_EXTRA_CA_CERTS alone costs Node 20 about 60 ms per start
+ * the app. NODE_EXTRA_CA_CERTS alone costs Node 20 about 30 ms per start
  * here (it parses the bundle at start-up; Node 22 reads it on first TLS
  * use), and the keeper makes no TLS connections. NODE_OPTIONS could make the
  * keeper load an app's --require hooks.

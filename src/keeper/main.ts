@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { acceptQueue, closeFd, detachSteering, dup2Fd, ensureAddon, listenFd, unlisten } from '../native';
-import { BOOT_NICE, type KeeperConfig, type KeeperPhase, type KeeperStatus } from '../protocol';
+import { BOOT_NICE, BOOT_NICE_SLOW, BOOT_RAISE_MS, type KeeperConfig, type KeeperPhase, type KeeperStatus } from '../protocol';
 import { AppProcess } from './apps';
 import { bindDeploySocket, isBindFailure } from './bind';
 import { countPeers, detachWhenAlone, steerToSelf } from './steering';
@@ -188,8 +188,25 @@ let parkTimer: NodeJS.Timeout | undefined;
  * value counts, which only root may lower again, so only root sets it.
  */
 let wantedNice = 0;
+let raiseTimer: NodeJS.Timeout | undefined;
 function setBootPriority(booting: boolean): void {
-  wantedNice = booting ? BOOT_NICE : 0;
+  clearTimeout(raiseTimer);
+  setNice(booting ? BOOT_NICE : 0);
+}
+
+/** A boot that is still going after BOOT_RAISE_MS is on a busy host: give it more CPU (BOOT_NICE_SLOW). */
+function raiseBootPriorityLater(): void {
+  clearTimeout(raiseTimer);
+  raiseTimer = setTimeout(() => {
+    if (wantedNice !== BOOT_NICE) return;
+    log(`still booting after ${BOOT_RAISE_MS} ms: raising its CPU priority to nice ${BOOT_NICE_SLOW}`);
+    setNice(BOOT_NICE_SLOW);
+  }, BOOT_RAISE_MS);
+  raiseTimer.unref();
+}
+
+function setNice(nice: number): void {
+  wantedNice = nice;
   setAutogroupNice(5);
   if (process.getuid?.() !== 0) return;
   try {
@@ -364,6 +381,10 @@ async function main(): Promise<void> {
   status.release = c.release;
   address = c.host;
   redirectOutput(c.logFile);
+  const inherited = os.getPriority();
+  if (inherited > 0 && process.getuid?.() !== 0) {
+    log(`the keeper and its apps run at nice ${inherited}, inherited from the command that started them (only root could lower it)`);
+  }
   // Bind and start the apps first, and only then load and open the control
   // socket: the apps boot while the keeper finishes its own start-up.
   const bound = bindDeploySocket(c.host, c.port);
@@ -376,6 +397,7 @@ async function main(): Promise<void> {
     status.listener = 'bound';
     log(`bound ${address}:${c.port} (not listening yet); starting ${c.instances} app process(es)`);
     startApps(c);
+    raiseBootPriorityLater();
   }
 
   const { serveControl } = require('./control') as typeof import('./control');
