@@ -24,8 +24,10 @@
 //
 // Flags: --quick (3 deploys, short windows), --deploys N, --rate R (req/s,
 // total, default 1000), --conns C (default 32), --configs a,b,... ,
-// --modes ka,close, --gap-ms, --rest-ms, --keep-tmp. --configs takes the
-// keys above, e.g. `--configs rd-mig0-n2,rd-mig1-n2`.
+// --modes ka,close, --gap-ms, --rest-ms, --keep-tmp, --rd-arg A (an extra
+// argument for every reuse-deploy deploy, repeatable: `--rd-arg=--warm-up=0`),
+// --overhead-rounds N (0 skips the preload measurement). --configs takes
+// the keys above, e.g. `--configs rd-mig0-n2,rd-mig1-n2`.
 const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const http = require('node:http');
@@ -42,6 +44,9 @@ const LOAD = path.join(__dirname, 'load.js');
 const PM2 = path.join(ROOT, 'node_modules', '.bin', 'pm2');
 const RESULTS = path.join(ROOT, 'bench-results');
 const NS_PORT = 18080;
+// Deploys run the `reuse-deploy` command as users do (dist/src/cli.js is it:
+// a /bin/sh line that execs `node`), with this Node first on the PATH.
+const COMMAND_ENV = { ...process.env, PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}` };
 const KINDS = ['ok', 'connect', 'reset', 'timeout', 'non2xx', 'other'];
 
 const now = () => performance.timeOrigin + performance.now();
@@ -52,7 +57,7 @@ const T_START = now();
 // ---------------------------------------------------------------- options
 
 function parseArgs(argv) {
-  const o = { quick: false, deploys: null, rate: 1000, conns: 32, configs: null, modes: ['ka', 'close'], gapMs: null, restMs: null, keepTmp: false };
+  const o = { quick: false, deploys: null, rate: 1000, conns: 32, configs: null, modes: ['ka', 'close'], gapMs: null, restMs: null, keepTmp: false, rdArgs: [], overheadRounds: null };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const [flag, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
@@ -67,6 +72,8 @@ function parseArgs(argv) {
       case '--gap-ms': o.gapMs = Number(val()); break;
       case '--rest-ms': o.restMs = Number(val()); break;
       case '--keep-tmp': o.keepTmp = true; break;
+      case '--rd-arg': o.rdArgs.push(val()); break;
+      case '--overhead-rounds': o.overheadRounds = Number(val()); break;
       case '--help':
       case '-h':
         process.stdout.write(fs.readFileSync(__filename, 'utf8').split('\n').filter((l) => l.startsWith('//')).map((l) => l.slice(3)).join('\n') + '\n');
@@ -85,7 +92,7 @@ function parseArgs(argv) {
   o.warmupMs = 500; // not counted at rest: connection setup, JIT
   o.settleMs = o.quick ? 800 : 1500; // load continues after the last deploy
   o.bootSamples = o.quick ? 5 : 10;
-  o.overheadRounds = o.quick ? 2 : 10;
+  if (o.overheadRounds === null) o.overheadRounds = o.quick ? 2 : 10;
   o.overheadWindowMs = o.quick ? 1500 : 2500;
   o.timeoutMs = 2000;
   if (!(o.deploys >= 1) || !(o.rate >= 1) || !(o.conns >= 1)) {
@@ -423,8 +430,9 @@ function appPidsOf(out) {
 function reuseDeploy(ns, port, stateDir, appEntry, instances = 1) {
   const name = 'rdbench';
   const deploy = (version) =>
-    run(process.execPath, [CLI, appEntry, '--port', String(port), '--host', '127.0.0.1', '--name', name, '--state-dir', stateDir, '--env', `VERSION=${version}`, '--env', 'HOST=127.0.0.1', ...(instances > 1 ? ['--instances', String(instances)] : [])], {
+    run(CLI, [appEntry, '--port', String(port), '--host', '127.0.0.1', '--name', name, '--state-dir', stateDir, '--env', `VERSION=${version}`, '--env', 'HOST=127.0.0.1', ...(instances > 1 ? ['--instances', String(instances)] : []), ...opts.rdArgs], {
       ns,
+      env: COMMAND_ENV,
       timeoutMs: 90_000,
     });
   const keeperPids = () => {
@@ -935,6 +943,7 @@ async function main() {
     kernel: os.release(),
     cpus: os.cpus().length,
     root: IS_ROOT,
+    rdArgs: opts.rdArgs,
     loadavgStart: os.loadavg(),
     options: opts,
     git: spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).stdout.trim() || null,
@@ -1015,7 +1024,7 @@ async function main() {
   }
 
   let overhead = null;
-  if (!interrupted) {
+  if (!interrupted && opts.overheadRounds > 0) {
     log(`measuring the runtime preload's overhead (${opts.overheadRounds} round(s) of ${opts.overheadWindowMs} ms per variant, one at a time, app on CPU 1, load on CPU 0)`);
     try {
       overhead = await measureOverhead(tmp, appEntry);
@@ -1056,6 +1065,7 @@ async function main() {
   const out = [];
   out.push(`reuse-deploy benchmark  ${meta.date}  node ${meta.node}, kernel ${meta.kernel}, ${meta.cpus} CPUs, load avg ${meta.loadavgStart.map((x) => x.toFixed(2)).join(' ')} at start`);
   out.push(`load: ${opts.rate} req/s over ${opts.conns} connections, request timeout ${opts.timeoutMs} ms; ${opts.deploys} deploys per row, ${opts.gapMs} ms apart; rest window ${opts.restMs} ms before the first deploy`);
+  if (opts.rdArgs.length) out.push(`reuse-deploy deploys ran with the extra arguments ${opts.rdArgs.join(' ')}`);
   out.push(`latency in ms, of 2xx answers; "rest" = before the first deploy (after ${opts.warmupMs} ms warm-up), "dep" = from the first deploy on; other = non-2xx + other errors;`);
   out.push('wall = deploy command wall time (plain restart: SIGTERM to first 2xx of the new version), ms; host CPU = whole machine busy during the row (all processes, ours and others)');
   out.push(`app boot time (spawn of bare \`node scripts/bench-app.js\` to first 2xx, median of ${bootSamples.length}): ${fmt(bootMs)} ms`);
