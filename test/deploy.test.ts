@@ -199,6 +199,10 @@ describe('speed and priority', () => {
     remember(stateDir, 'app');
     // One probe passed (the app is healthy at once), then seven warm-up requests.
     assert.equal((await get(port, '/healthz-count')).body, '8');
+    // Pipelined, 4 connections at a time: every request is answered.
+    const many = await deploy('app.js', '--health', '/healthz', '--warm-up', '301');
+    assert.equal(many.code, 0, many.stderr);
+    assert.equal((await get(port, '/healthz-count')).body, '302');
     const none = await deploy('app.js', '--health', '/healthz', '--warm-up', '0');
     assert.equal(none.code, 0, none.stderr);
     assert.equal((await get(port, '/healthz-count')).body, '1');

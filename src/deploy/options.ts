@@ -64,8 +64,10 @@ export async function resolveHost(value: unknown): Promise<string> {
 }
 
 /** Warm-up requests per app process before go-live (see warmUp in health.ts). */
+export const DEFAULT_WARM_UP = 200;
+
 export function parseWarmUp(value: unknown): number {
-  if (value === undefined) return 50;
+  if (value === undefined) return DEFAULT_WARM_UP;
   const n = Number(value);
   if (!Number.isInteger(n) || n < 0 || n > 10_000) throw usageError(`--warm-up ${JSON.stringify(String(value))} is not valid. Use a whole number of requests from 0 (none) to 10000.`);
   return n;
