@@ -18,8 +18,10 @@
 // CPU 1 and the load generator to CPU 0 (throughput, and the app process's
 // CPU time per request).
 //
-// Prints one table on stdout; writes raw results (JSON) and a picture (SVG)
-// to bench-results/. Every process it starts is stopped by pid, and every
+// Prints one table on stdout, then the deploy phases of reuse-deploy, the
+// keep-alive rows' latency split by new and reused connections (each
+// version change makes every keep-alive client reconnect once), and the
+// overhead; writes raw results (JSON) and a picture (SVG) to bench-results/. Every process it starts is stopped by pid, and every
 // namespace it creates is deleted, also on failure and on Ctrl-C.
 //
 // Flags: --quick (3 deploys, short windows), --deploys N, --rate R (req/s,
@@ -587,6 +589,9 @@ function analyze(load, deploys, loadStartedAt) {
   const restFrom = loadStartedAt - load.t0 + opts.warmupMs;
   const rest = [];
   const dep = [];
+  // From the first deploy on: requests that opened a new connection, and the others.
+  const depFresh = [];
+  const depReused = [];
   const failed = Object.fromEntries(KINDS.slice(1).map((k) => [k, 0]));
   const failedAtRest = { ...failed };
   const bucketMs = 100;
@@ -600,15 +605,17 @@ function analyze(load, deploys, loadStartedAt) {
     if (k === 0) {
       okB[b]++;
       if (s >= restFrom && s < firstDeploy) rest.push(load.lat[i]);
-      else if (s >= firstDeploy) dep.push(load.lat[i]);
+      else if (s >= firstDeploy) {
+        dep.push(load.lat[i]);
+        (load.fresh && load.fresh[i] ? depFresh : depReused).push(load.lat[i]);
+      }
     } else {
       failB[b]++;
       failed[KINDS[k]]++;
       if (s < firstDeploy) failedAtRest[KINDS[k]]++;
     }
   }
-  rest.sort((a, b) => a - b);
-  dep.sort((a, b) => a - b);
+  for (const xs of [rest, dep, depFresh, depReused]) xs.sort((a, b) => a - b);
   const totalFailed = Object.values(failed).reduce((a, b) => a + b, 0);
   return {
     requests: load.requests,
@@ -619,6 +626,8 @@ function analyze(load, deploys, loadStartedAt) {
     versions: load.versions,
     rest: { n: rest.length, p50: percentile(rest, 50), p99: percentile(rest, 99) },
     withDeploys: { n: dep.length, p50: percentile(dep, 50), p99: percentile(dep, 99) },
+    newConnections: { n: depFresh.length, p50: percentile(depFresh, 50), p99: percentile(depFresh, 99) },
+    reusedConnections: { n: depReused.length, p50: percentile(depReused, 50), p99: percentile(depReused, 99) },
     buckets: { ms: bucketMs, ok: okB, failed: failB },
     markers: deploys.map((d) => ({ from: d.t0 - load.t0, to: d.t1 - load.t0, ok: d.ok })),
     loadMs: load.end - load.t0,
@@ -663,7 +672,7 @@ async function scenario(config, mode, impl, tmp) {
     if (deploys.length && result.end < deploys[deploys.length - 1].t1) summary.warning = 'the load generator stopped (time or request bound) before the last deploy ended';
     const lastVersion = `v${opts.deploys}`;
     log(`${label}: ${summary.requests} requests, ${summary.failed} failed ${JSON.stringify(summary.byKind)}; versions seen ${Object.keys(summary.versions).length}${summary.versions[lastVersion] ? '' : ` (never saw ${lastVersion}!)`}`);
-    return { config: config.key, label: config.label, mode, ns: config.ns, instances: config.instances || 1, port: config.port, deploys, summary, raw: { t0: result.t0, end: result.end, start: result.start, lat: result.lat, kind: result.kind, truncated: result.truncated } };
+    return { config: config.key, label: config.label, mode, ns: config.ns, instances: config.instances || 1, port: config.port, deploys, summary, raw: { t0: result.t0, end: result.end, start: result.start, lat: result.lat, kind: result.kind, fresh: result.fresh, truncated: result.truncated } };
   } finally {
     if (load) {
       load.child.stdin.end();
@@ -1080,6 +1089,20 @@ async function main() {
     out.push('reuse-deploy deploy phases (median ms, from the CLI\'s timestamped progress lines; "cli boot" = spawn to its first line):');
     out.push(table(['configuration', 'mode', ...keys, 'wall', 'keeper CPU'], rdScen.map((s) => [s.label, s.mode === 'ka' ? 'keep-alive' : 'conn/req', ...keys.map((k) => fmt(median(s.deploys.filter((d) => d.ok).map((d) => d.phases && d.phases[k])), 0)), fmt(median(s.deploys.filter((d) => d.ok).map((d) => d.wallMs)), 0), fmt(median(s.deploys.map((d) => d.keeperCpuMs)), 0)])));
     out.push('keeper CPU = CPU time (ms) the new release\'s keeper had used by the start of the next deploy (median)');
+  }
+
+  // Every version change closes each keep-alive connection once (gracefully,
+  // with reuse-deploy), and its client's next request pays for a new
+  // connection; with deploys 1.5 s apart these are ~2% of the requests, so
+  // they alone can set p99.
+  const kaScen = scenarios.filter((s) => s.mode === 'ka' && s.summary.newConnections);
+  if (kaScen.length) {
+    out.push('');
+    out.push('keep-alive rows, requests from the first deploy on: those that opened a new connection (a client whose connection a version closed) and those on a reused one (ms):');
+    out.push(table(['configuration', 'new conns', 'share', 'p50 new', 'p99 new', 'p50 reused', 'p99 reused', 'p99 rest'], kaScen.map((s) => {
+      const { newConnections: f, reusedConnections: r, withDeploys: d } = s.summary;
+      return [s.label, f.n, d.n ? `${fmt((100 * f.n) / d.n, 1)}%` : '-', fmt(f.p50, 2), fmt(f.p99, 2), fmt(r.p50, 2), fmt(r.p99, 2), fmt(s.summary.rest.p99, 2)];
+    })));
   }
 
   if (overhead) {

@@ -22,7 +22,9 @@
 // Per request it records the start time (ms since t0, an epoch time in ms
 // taken from performance.timeOrigin + performance.now()), the latency (ms)
 // and the outcome: ok (2xx) / connect (ECONNREFUSED etc.) / reset
-// (ECONNRESET, EPIPE, socket hang up) / timeout / non2xx / other.
+// (ECONNRESET, EPIPE, socket hang up) / timeout / non2xx / other; and
+// whether it opened a new connection (fresh: always in `close` mode, in
+// `ka` mode the first request of each connection).
 const http = require('node:http');
 const fs = require('node:fs');
 const { performance } = require('node:perf_hooks');
@@ -80,6 +82,7 @@ const cap = Math.max(1, Math.floor(opts.maxRequests));
 const starts = new Float64Array(cap);
 const lats = new Float32Array(cap);
 const kinds = new Uint8Array(cap);
+const fresh = new Uint8Array(cap); // 1: the request opened a new connection (not req.reusedSocket)
 const counts = Object.fromEntries(KINDS.map((k) => [k, 0]));
 const errors = {};
 const versions = {};
@@ -109,6 +112,7 @@ function once(agent) {
         starts[recorded] = start - t0;
         lats[recorded] = now() - start;
         kinds[recorded] = kind;
+        fresh[recorded] = req.reusedSocket ? 0 : 1;
         recorded++;
       }
       counts[KINDS[kind]]++;
@@ -203,6 +207,7 @@ async function main() {
     start: Array.from(starts.subarray(0, recorded), round),
     lat: Array.from(lats.subarray(0, recorded), round),
     kind: Array.from(kinds.subarray(0, recorded)),
+    fresh: Array.from(fresh.subarray(0, recorded)),
   };
   fs.writeFileSync(opts.out, JSON.stringify(result));
   process.exit(0);
