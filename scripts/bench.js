@@ -16,7 +16,9 @@
 // overhead: the app bare, with an inert `--require dist/src/runtime/preload.js`,
 // and deployed by reuse-deploy, each loaded alone with the app pinned to
 // CPU 1 and the load generator to CPU 0 (throughput, and the app process's
-// CPU time per request).
+// CPU time per request). The overhead's load generator is wrk where it is
+// installed (`apt install wrk`), which saturates the app; else
+// scripts/load.js, which does not, and the figures are noisier.
 //
 // Prints one table on stdout, then the deploy phases of reuse-deploy, the
 // keep-alive rows' latency split by new and reused connections (each
@@ -94,8 +96,8 @@ function parseArgs(argv) {
   o.warmupMs = 500; // not counted at rest: connection setup, JIT
   o.settleMs = o.quick ? 800 : 1500; // load continues after the last deploy
   o.bootSamples = o.quick ? 5 : 10;
-  if (o.overheadRounds === null) o.overheadRounds = o.quick ? 2 : 10;
-  o.overheadWindowMs = o.quick ? 1500 : 2500;
+  if (o.overheadRounds === null) o.overheadRounds = o.quick ? 4 : 12;
+  o.overheadWindowMs = o.quick ? 1500 : 2000;
   o.timeoutMs = 2000;
   if (!(o.deploys >= 1) || !(o.rate >= 1) || !(o.conns >= 1)) {
     process.stderr.write('bench: --deploys, --rate and --conns must be positive\n');
@@ -760,6 +762,22 @@ function cpuNs(pid) {
   return total;
 }
 
+/** wrk, when installed (the Debian package): the preload overhead is measured with it. */
+const WRK = ['/usr/bin/wrk', '/usr/local/bin/wrk'].find((f) => fs.existsSync(f)) || null;
+
+/** One closed-loop wrk run (1 thread, --conns keep-alive connections), on CPU 0 when pinned. */
+async function wrk(port, ms, pinned) {
+  const args = ['-t1', `-c${opts.conns}`, `-d${Math.max(1, Math.round(ms / 1000))}s`, '--timeout', '2s', `http://127.0.0.1:${port}/`];
+  const r = pinned ? await run('taskset', ['-c', '0', WRK, ...args], { timeoutMs: ms + 30_000 }) : await run(WRK, args, { timeoutMs: ms + 30_000 });
+  const text = r.out || '';
+  const rps = Number((/Requests\/sec:\s+([\d.]+)/.exec(text) || [])[1]);
+  const requests = Number((/(\d+) requests in/.exec(text) || [])[1]);
+  if (!(rps > 0) || !(requests > 0)) throw new Error(`wrk gave no result: ${text.trim().split('\n').slice(-3).join(' / ') || r.err}`);
+  const non2xx = Number((/Non-2xx or 3xx responses:\s+(\d+)/.exec(text) || [])[1] || 0);
+  const sockErr = (/Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(text) || []).slice(1).reduce((a, x) => a + Number(x), 0);
+  return { rps, requests, failed: non2xx + sockErr };
+}
+
 /** Pins every thread of `pid` to one CPU (taskset); false where that is not possible. */
 function pin(pid, cpu) {
   return spawnSync('taskset', ['-a', '-p', '-c', String(cpu), String(pid)], { stdio: 'ignore' }).status === 0;
@@ -799,10 +817,20 @@ async function measureOverhead(tmp, appEntry) {
   const pinned = os.cpus().length >= 2 && variants.every((v) => pin(v.pid, 1));
   if (!pinned) log('overhead: could not pin the apps to CPU 1 (taskset); measuring unpinned');
   const windowMs = opts.overheadWindowMs;
+  // wrk saturates the app (the Node load generator did not: the app idled
+  // ~40% of the time, and its CPU per request moved with the generator's
+  // pace); a first untimed run per variant lets V8 finish its tier-up.
+  if (WRK) for (const v of variants) await wrk(v.port, 2_000, pinned);
   for (let round = 0; round < opts.overheadRounds && !interrupted; round++) {
     const order = variants.map((_, i) => variants[(i + round) % variants.length]);
     const measured = new Map();
     for (const v of order) {
+      if (WRK) {
+        const c0 = cpuNs(v.pid);
+        const w = await wrk(v.port, windowMs, pinned);
+        measured.set(v, { w, cpu: cpuNs(v.pid) - c0 });
+        continue;
+      }
       const load = startLoad({ ns: null, port: v.port, mode: 'ka', rate: 0, durationMs: windowMs + opts.warmupMs, maxRequests: 2_000_000, outFile: path.join(tmp, `overhead-${v.key}-${round}.json`), cpu: pinned ? 0 : null });
       await load.started;
       await sleep(opts.warmupMs);
@@ -811,7 +839,11 @@ async function measureOverhead(tmp, appEntry) {
       measured.set(v, { r, cpu: cpuNs(v.pid) - c0 });
     }
     variants.forEach((v) => {
-      const { r, cpu } = measured.get(v);
+      const { r, w, cpu } = measured.get(v);
+      if (w) {
+        v.rounds.push({ rps: w.rps, cpuUsPerReq: cpu / 1000 / Math.max(1, w.requests), requests: w.requests, failed: w.failed });
+        return;
+      }
       let n = 0;
       let all = 0;
       let failedN = 0;
@@ -1109,7 +1141,7 @@ async function main() {
     out.push('');
     const pct = (x) => (x === null || !Number.isFinite(x) ? '-' : `${x >= 0 ? '+' : ''}${fmt(x, 1)}%`);
     const range = (r) => (overhead[0].rounds.length > 1 ? `${pct(r[0])}..${pct(r[1])}` : '-');
-    out.push(`runtime preload overhead: each variant loaded alone, app pinned to CPU 1 and load generator to CPU 0 (keep-alive, closed loop, ${opts.conns} connections), ${overhead[0].rounds.length} round(s) of ${opts.overheadWindowMs} ms each, rotating order; vs bare = median over rounds of the per-round difference (range); CPU = the app process's CPU time per request:`);
+    out.push(`runtime preload overhead: each variant loaded alone, app pinned to CPU 1 and load generator (${WRK ? 'wrk' : 'scripts/load.js; install wrk for a load that saturates the app'}) to CPU 0 (keep-alive, closed loop, ${opts.conns} connections), ${overhead[0].rounds.length} round(s) of ${opts.overheadWindowMs} ms each, rotating order; vs bare = median over rounds of the per-round difference (range); CPU = the app process's CPU time per request:`);
     out.push(table(['variant', 'req/s', 'vs bare', 'range', 'CPU µs/req', 'vs bare', 'range'], overhead.map((v, i) => [v.label, fmt(v.rps, 0), i ? pct(v.rpsDiffPct) : '', i ? range(v.rpsDiffRange) : '', fmt(v.cpuUsPerReq, 1), i ? pct(v.cpuDiffPct) : '', i ? range(v.cpuDiffRange) : '']), 1));
   }
 
