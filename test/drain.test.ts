@@ -105,11 +105,11 @@ describe('drain', () => {
   });
 
   test('HTTP/2 sessions get a GOAWAY; a new session reaches the new version', async () => {
-    await deploy('h2-app.js', '--env', 'APP_VERSION=v1');
+    await deploy('h2-app.js', '--env', 'APP_VERSION=v1', '--warm-up', '10');
     const session = http2.connect(`http://127.0.0.1:${t.port}`);
-    const ask = (s: http2.ClientHttp2Session) =>
+    const ask = (s: http2.ClientHttp2Session, path = '/') =>
       new Promise<string>((resolve, reject) => {
-        const req = s.request({ ':path': '/' });
+        const req = s.request({ ':path': path });
         let body = '';
         req.setEncoding('utf8');
         req.on('data', (d) => (body += d));
@@ -118,6 +118,7 @@ describe('drain', () => {
         req.end();
       });
     assert.equal(await ask(session), 'v1 h2');
+    assert.equal(await ask(session, '/warm-up-count'), '10', 'the warm-up: 10 streams, all answered');
     const goaway = new Promise((resolve) => session.once('goaway', resolve));
     await deploy('h2-app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '200ms');
     await goaway;

@@ -95,19 +95,16 @@ export async function probe(socketPath: string, target: ProbeTarget, rule: Healt
  * when the server has answered them all and closes. Node's server answers
  * pipelined requests one after the other. A request on a connection of its
  * own cost the app ~0.6 ms here, a pipelined one ~0.1 ms: more warm-up for
- * the same wait. Answers are not read: the health check has passed. HTTP/2
- * apps get one request per stream, in turn. Best effort: a lane that has not
- * finished after WARM_UP_LIMIT_MS is dropped.
+ * the same wait. Answers are not read: the health check has passed. An
+ * HTTP/2-only app gets the same count as streams, one session per lane.
+ * Best effort: a lane that has not finished after WARM_UP_LIMIT_MS is
+ * dropped.
  */
 export async function warmUp(socketPath: string, target: ProbeTarget, rule: HealthRule, count: number, lanes = 4): Promise<void> {
   const n = Math.min(lanes, count);
   const sizes = Array.from({ length: n }, (_, i) => Math.floor(count / n) + (i < count % n ? 1 : 0));
   if (target.h2) {
-    let left = count;
-    const loop = async (): Promise<void> => {
-      while (left-- > 0) await probe(socketPath, target, rule, 2_000);
-    };
-    await Promise.all(sizes.map(loop));
+    await Promise.all(sizes.map((size) => streams(socketPath, target.tls, rule, size)));
     return;
   }
   const connect = connectProbe(socketPath, target.tls, ['http/1.1']);
@@ -115,6 +112,27 @@ export async function warmUp(socketPath: string, target: ProbeTarget, rule: Heal
 }
 
 const WARM_UP_LIMIT_MS = 5_000;
+
+/** `count` requests at once, as streams of one HTTP/2 session. */
+async function streams(socketPath: string, tls: boolean, rule: HealthRule, count: number): Promise<void> {
+  const session = h2Session(socketPath, tls, rule);
+  session.on('error', () => undefined); // the streams close with it
+  const timer = setTimeout(() => session.destroy(), WARM_UP_LIMIT_MS);
+  try {
+    await Promise.all(
+      Array.from({ length: count }, () => {
+        const req = session.request({ ':path': rule.path ?? '/', 'user-agent': 'reuse-deploy-warm-up' });
+        req.on('error', () => undefined); // seen as 'close'
+        req.resume();
+        req.end();
+        return new Promise<void>((resolve) => req.on('close', resolve));
+      }),
+    );
+  } finally {
+    clearTimeout(timer);
+    session.destroy();
+  }
+}
 
 function pipelined(connect: () => Duplex, rule: HealthRule, count: number): Promise<void> {
   const request = (close: boolean): string =>
@@ -139,10 +157,14 @@ function failed(err: unknown): ProbeResult {
   return { status: null, bodyStart: '', error: e.code ? `${e.code}: ${e.message}` : e.message };
 }
 
-async function probeH2(socketPath: string, tls: boolean, rule: HealthRule, timeoutMs: number): Promise<ProbeResult> {
+/** An HTTP/2 session to the probe socket. */
+function h2Session(socketPath: string, tls: boolean, rule: HealthRule): import('node:http2').ClientHttp2Session {
   const http2 = require('node:http2') as typeof import('node:http2');
-  const authority = `${tls ? 'https' : 'http'}://localhost:${rule.port}`;
-  const session = http2.connect(authority, { createConnection: connectProbe(socketPath, tls, ['h2']) });
+  return http2.connect(`${tls ? 'https' : 'http'}://localhost:${rule.port}`, { createConnection: connectProbe(socketPath, tls, ['h2']) });
+}
+
+async function probeH2(socketPath: string, tls: boolean, rule: HealthRule, timeoutMs: number): Promise<ProbeResult> {
+  const session = h2Session(socketPath, tls, rule);
   try {
     return await new Promise<ProbeResult>((resolve) => {
       const timer = setTimeout(() => resolve(failed(new Error(`no answer within ${timeoutMs} ms`))), timeoutMs);
