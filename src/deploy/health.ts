@@ -85,9 +85,7 @@ export async function probe(socketPath: string, target: ProbeTarget, rule: Healt
  * Warm-up: `count` more requests of the health check. A process that has
  * served nothing yet runs its request path in V8's interpreter (and
  * allocates its first pools); measured under load, the first ~60 ms after
- * go-live then answered 5-10x slower than usual, and with keep-alive
- * clients, which move over only when the old release drains, the first
- * ~300 ms after that did too, less so the more warm-up requests it had.
+ * go-live then answered 5-10x slower than usual.
  *
  * The requests go `lanes` connections at a time (new connections, like
  * the first public ones), pipelined on each (RFC 9112 section 9.3.2): all
