@@ -210,10 +210,34 @@ function setNice(nice: number): void {
   setAutogroupNice(5);
   if (process.getuid?.() !== 0) return;
   try {
-    os.setPriority(process.pid, wantedNice);
-    for (const app of apps) if (app.status.pid) os.setPriority(app.status.pid, wantedNice);
+    reniceThreads(process.pid, wantedNice);
+    for (const app of apps) if (app.status.pid) reniceThreads(app.status.pid, wantedNice);
   } catch (err) {
     log(`could not set the priority to ${wantedNice}: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * Sets the nice value of every thread of `pid`. On Linux it is a per-thread
+ * attribute (setpriority(2), NOTES): setPriority(pid) changes the main
+ * thread only, and a thread takes its creator's value. An app started at
+ * boot priority creates its V8 and libuv threads then; renicing only its
+ * main thread at go-live left its JIT compiler, GC helper and thread-pool
+ * threads at nice 19 for good, behind every other thread of the host.
+ */
+function reniceThreads(pid: number, nice: number): void {
+  let tids: string[];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    tids = [String(pid)];
+  }
+  for (const tid of tids) {
+    try {
+      os.setPriority(Number(tid), nice);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err; // a thread that just ended
+    }
   }
 }
 
