@@ -96,7 +96,7 @@ export async function probe(socketPath: string, target: ProbeTarget, rule: Healt
  * the same wait. Answers are not read: the health check has passed. An
  * HTTP/2-only app gets the same count as streams, one session per lane.
  * Best effort: a lane that has not finished after WARM_UP_LIMIT_MS is
- * dropped.
+ * dropped. Opt-in: DEFAULT_WARM_UP in options.ts says what it costs.
  */
 export async function warmUp(socketPath: string, target: ProbeTarget, rule: HealthRule, count: number, lanes = 4): Promise<void> {
   const n = Math.min(lanes, count);
