@@ -96,7 +96,7 @@ function parseArgs(argv) {
   o.warmupMs = 500; // not counted at rest: connection setup, JIT
   o.settleMs = o.quick ? 800 : 1500; // load continues after the last deploy
   o.bootSamples = o.quick ? 5 : 10;
-  if (o.overheadRounds === null) o.overheadRounds = o.quick ? 4 : 12;
+  if (o.overheadRounds === null) o.overheadRounds = o.quick ? 3 : 8;
   o.overheadWindowMs = o.quick ? 1500 : 2000;
   o.timeoutMs = 2000;
   if (!(o.deploys >= 1) || !(o.rate >= 1) || !(o.conns >= 1)) {
@@ -788,75 +788,63 @@ function pin(pid, cpu) {
  * deployed by reuse-deploy (preload active, behind a keeper). Each app
  * process is pinned to CPU 1 and its load generator (keep-alive, closed
  * loop) to CPU 0, so that the app alone has a CPU and its throughput is the
- * inverse of its cost per request; the variants are loaded one after
- * another, in a rotating order, round after round. Per round each is
- * compared with the bare app (throughput, and CPU time of the app process
- * per request); reported: the median over the rounds and its range. (Loaded
+ * inverse of its cost per request; the processes are loaded one after
+ * another, in a rotating order, round after round. Each variant runs as
+ * OVERHEAD_PROCS processes, and a round's figure for it is their mean: one
+ * process per variant measured the luck of that process (its JIT, its heap)
+ * as much as the variant; two deployed processes differed by ~2% where one
+ * of them differed from bare by the same. Per round each variant is
+ * compared with bare (throughput, and CPU time of the app process per
+ * request); reported: the median over the rounds and its range. (Loaded
  * side by side on two CPUs, as an earlier version did, the range was ±50%.)
  */
+const OVERHEAD_PROCS = 2;
+
 async function measureOverhead(tmp, appEntry) {
-  const bare = { key: 'bare', label: 'bare node', port: await freePort() };
-  bare.app = startBare(bare.port, 'v0');
-  onCleanup('overhead bare app', () => stopBare(bare.app, 'SIGKILL'));
-  const pre = { key: 'preload', label: 'node --require preload (inert)', port: await freePort() };
-  pre.app = startBare(pre.port, 'v0', { preload: true });
-  onCleanup('overhead preload app', () => stopBare(pre.app, 'SIGKILL'));
-  const dep = { key: 'deployed', label: 'deployed by reuse-deploy', port: await freePort() };
-  const rd = reuseDeploy(null, dep.port, path.join(tmp, 'state-overhead'), appEntry);
-  onCleanup('overhead reuse-deploy', () => rd.stop());
-  await rd.start('v0');
-  await waitHttp(bare.port, 15_000, 'v0');
-  await waitHttp(pre.port, 15_000, 'v0');
-  await waitHttp(dep.port, 15_000, 'v0');
-  bare.pid = bare.app.pid;
-  pre.pid = pre.app.pid;
-  dep.pid = rd.appPid();
-  if (!dep.pid) throw new Error('could not find the pid of the deployed app process');
-  const variants = [bare, pre, dep];
+  const variants = [
+    { key: 'bare', label: 'bare node', procs: [] },
+    { key: 'preload', label: 'node --require preload (inert)', procs: [] },
+    { key: 'deployed', label: 'deployed by reuse-deploy', procs: [] },
+  ];
+  const [bare, pre, dep] = variants;
+  for (let k = 0; k < OVERHEAD_PROCS; k++) {
+    for (const [v, preload] of [[bare, false], [pre, true]]) {
+      const port = await freePort();
+      const app = startBare(port, 'v0', { preload });
+      onCleanup(`overhead ${v.key} app ${k + 1}`, () => stopBare(app, 'SIGKILL'));
+      await waitHttp(port, 15_000, 'v0');
+      v.procs.push({ port, pid: app.pid, stop: () => stopBare(app, 'SIGKILL') });
+    }
+    const port = await freePort();
+    const rd = reuseDeploy(null, port, path.join(tmp, `state-overhead-${k + 1}`), appEntry);
+    onCleanup(`overhead reuse-deploy ${k + 1}`, () => rd.stop());
+    await rd.start('v0');
+    await waitHttp(port, 15_000, 'v0');
+    const pid = rd.appPid();
+    if (!pid) throw new Error('could not find the pid of the deployed app process');
+    dep.procs.push({ port, pid, stop: () => rd.stop() });
+  }
+  const procs = variants.flatMap((v) => v.procs);
   for (const v of variants) v.rounds = [];
-  const pinned = os.cpus().length >= 2 && variants.every((v) => pin(v.pid, 1));
+  const pinned = os.cpus().length >= 2 && procs.every((p) => pin(p.pid, 1));
   if (!pinned) log('overhead: could not pin the apps to CPU 1 (taskset); measuring unpinned');
   const windowMs = opts.overheadWindowMs;
   // wrk saturates the app (the Node load generator did not: the app idled
   // ~40% of the time, and its CPU per request moved with the generator's
-  // pace); a first untimed run per variant lets V8 finish its tier-up.
-  if (WRK) for (const v of variants) await wrk(v.port, 2_000, pinned);
+  // pace); a first untimed run per process lets V8 finish its tier-up.
+  if (WRK) for (const p of procs) await wrk(p.port, 2_000, pinned);
   for (let round = 0; round < opts.overheadRounds && !interrupted; round++) {
-    const order = variants.map((_, i) => variants[(i + round) % variants.length]);
     const measured = new Map();
-    for (const v of order) {
-      if (WRK) {
-        const c0 = cpuNs(v.pid);
-        const w = await wrk(v.port, windowMs, pinned);
-        measured.set(v, { w, cpu: cpuNs(v.pid) - c0 });
-        continue;
-      }
-      const load = startLoad({ ns: null, port: v.port, mode: 'ka', rate: 0, durationMs: windowMs + opts.warmupMs, maxRequests: 2_000_000, outFile: path.join(tmp, `overhead-${v.key}-${round}.json`), cpu: pinned ? 0 : null });
-      await load.started;
-      await sleep(opts.warmupMs);
-      const c0 = cpuNs(v.pid);
-      const r = await load.result();
-      measured.set(v, { r, cpu: cpuNs(v.pid) - c0 });
+    for (let i = 0; i < procs.length; i++) {
+      const p = procs[(i + round) % procs.length];
+      measured.set(p, await loadOne(p, windowMs, pinned, path.join(tmp, `overhead-${p.pid}-${round}.json`)));
     }
-    variants.forEach((v) => {
-      const { r, w, cpu } = measured.get(v);
-      if (w) {
-        v.rounds.push({ rps: w.rps, cpuUsPerReq: cpu / 1000 / Math.max(1, w.requests), requests: w.requests, failed: w.failed });
-        return;
-      }
-      let n = 0;
-      let all = 0;
-      let failedN = 0;
-      for (let k = 0; k < r.requests; k++) {
-        if (r.kind[k] !== 0) failedN++;
-        if (r.start[k] >= opts.warmupMs) {
-          all++;
-          if (r.kind[k] === 0) n++;
-        }
-      }
-      v.rounds.push({ rps: n / ((r.end - r.t0 - opts.warmupMs) / 1000), cpuUsPerReq: cpu / 1000 / Math.max(1, all), requests: r.requests, failed: failedN });
-    });
-    log(`overhead round ${round + 1}: ${variants.map((v) => `${v.key} ${Math.round(v.rounds[round].rps)} req/s, ${v.rounds[round].cpuUsPerReq.toFixed(1)} µs/req`).join('; ')}`);
+    const mean = (xs) => xs.reduce((a, x) => a + x, 0) / xs.length;
+    for (const v of variants) {
+      const ms = v.procs.map((p) => measured.get(p));
+      v.rounds.push({ rps: mean(ms.map((m) => m.rps)), cpuUsPerReq: mean(ms.map((m) => m.cpuUsPerReq)), perProcess: ms, failed: ms.reduce((a, m) => a + m.failed, 0) });
+    }
+    log(`overhead round ${round + 1}: ${variants.map((v) => `${v.key} ${v.rounds[round].perProcess.map((m) => Math.round(m.rps)).join('/')} req/s, ${v.rounds[round].cpuUsPerReq.toFixed(1)} µs/req`).join('; ')}`);
   }
   const out = variants.map((v) => {
     const rpsRatio = v.rounds.map((x, i) => (x.rps / bare.rounds[i].rps - 1) * 100);
@@ -864,7 +852,7 @@ async function measureOverhead(tmp, appEntry) {
     return {
       key: v.key,
       label: v.label,
-      pid: v.pid,
+      pids: v.procs.map((p) => p.pid),
       rps: median(v.rounds.map((x) => x.rps)),
       cpuUsPerReq: median(v.rounds.map((x) => x.cpuUsPerReq)),
       rpsDiffPct: median(rpsRatio),
@@ -875,10 +863,34 @@ async function measureOverhead(tmp, appEntry) {
       rounds: v.rounds,
     };
   });
-  await rd.stop();
-  await stopBare(bare.app, 'SIGKILL');
-  await stopBare(pre.app, 'SIGKILL');
+  for (const p of procs) await p.stop();
   return out;
+}
+
+/** One window of closed-loop load on one app process: its throughput and its CPU time per request. */
+async function loadOne(p, windowMs, pinned, outFile) {
+  if (WRK) {
+    const c0 = cpuNs(p.pid);
+    const w = await wrk(p.port, windowMs, pinned);
+    return { rps: w.rps, cpuUsPerReq: (cpuNs(p.pid) - c0) / 1000 / Math.max(1, w.requests), requests: w.requests, failed: w.failed };
+  }
+  const load = startLoad({ ns: null, port: p.port, mode: 'ka', rate: 0, durationMs: windowMs + opts.warmupMs, maxRequests: 2_000_000, outFile, cpu: pinned ? 0 : null });
+  await load.started;
+  await sleep(opts.warmupMs);
+  const c0 = cpuNs(p.pid);
+  const r = await load.result();
+  const cpu = cpuNs(p.pid) - c0;
+  let n = 0;
+  let all = 0;
+  let failed = 0;
+  for (let k = 0; k < r.requests; k++) {
+    if (r.kind[k] !== 0) failed++;
+    if (r.start[k] >= opts.warmupMs) {
+      all++;
+      if (r.kind[k] === 0) n++;
+    }
+  }
+  return { rps: n / ((r.end - r.t0 - opts.warmupMs) / 1000), cpuUsPerReq: cpu / 1000 / Math.max(1, all), requests: r.requests, failed };
 }
 
 // ---------------------------------------------------------------- output
@@ -1141,7 +1153,7 @@ async function main() {
     out.push('');
     const pct = (x) => (x === null || !Number.isFinite(x) ? '-' : `${x >= 0 ? '+' : ''}${fmt(x, 1)}%`);
     const range = (r) => (overhead[0].rounds.length > 1 ? `${pct(r[0])}..${pct(r[1])}` : '-');
-    out.push(`runtime preload overhead: each variant loaded alone, app pinned to CPU 1 and load generator (${WRK ? 'wrk' : 'scripts/load.js; install wrk for a load that saturates the app'}) to CPU 0 (keep-alive, closed loop, ${opts.conns} connections), ${overhead[0].rounds.length} round(s) of ${opts.overheadWindowMs} ms each, rotating order; vs bare = median over rounds of the per-round difference (range); CPU = the app process's CPU time per request:`);
+    out.push(`runtime preload overhead: ${OVERHEAD_PROCS} processes per variant, each loaded alone, app pinned to CPU 1 and load generator (${WRK ? 'wrk' : 'scripts/load.js; install wrk for a load that saturates the app'}) to CPU 0 (keep-alive, closed loop, ${opts.conns} connections), ${overhead[0].rounds.length} round(s) of ${opts.overheadWindowMs} ms per process, rotating order; a round's figure for a variant is the mean of its processes; vs bare = median over rounds of the per-round difference (range); CPU = the app process's CPU time per request:`);
     out.push(table(['variant', 'req/s', 'vs bare', 'range', 'CPU µs/req', 'vs bare', 'range'], overhead.map((v, i) => [v.label, fmt(v.rps, 0), i ? pct(v.rpsDiffPct) : '', i ? range(v.rpsDiffRange) : '', fmt(v.cpuUsPerReq, 1), i ? pct(v.cpuDiffPct) : '', i ? range(v.cpuDiffRange) : '']), 1));
   }
 
