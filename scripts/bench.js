@@ -791,9 +791,8 @@ function pin(pid, cpu) {
  * inverse of its cost per request; the processes are loaded one after
  * another, in a rotating order, round after round. Each variant runs as
  * OVERHEAD_PROCS processes, and a round's figure for it is their mean: one
- * process per variant measured the luck of that process (its JIT, its heap)
- * as much as the variant; two deployed processes differed by ~2% where one
- * of them differed from bare by the same. Per round each variant is
+ * process per variant measures the luck of that process (its JIT
+ * decisions, its heap) along with the variant. Per round each variant is
  * compared with bare (throughput, and CPU time of the app process per
  * request); reported: the median over the rounds and its range. (Loaded
  * side by side on two CPUs, as an earlier version did, the range was ±50%.)
