@@ -343,6 +343,49 @@ describe('RD_ERR_LOCKED', () => {
   });
 });
 
+describe('RD_ERR_CANCELLED', () => {
+  const v1 = new V1();
+  before(() => v1.deploy());
+  after(async () => {
+    killOurs();
+    await cleanup(v1.stateDir);
+  });
+
+  /** Runs the CLI, and sends it `signal` once its stderr matches `at`. */
+  const signalledAt = (at: RegExp, signal: NodeJS.Signals) => async (args: string[]): Promise<CliResult> => {
+    const cli = startCli(args);
+    await cli.until(at);
+    cli.child.kill(signal);
+    return cli.done;
+  };
+
+  test('RD_ERR_CANCELLED: SIGINT while the new version boots, SIGTERM while its health is checked', async () => {
+    const message = /Cancelled by SIGINT before the new version went live\. Whatever was live keeps serving/;
+    await expectError(v1.args('e-slow.js', '--env', 'APP_VERSION=v2', '--env', 'BOOT_DELAY_MS=20000', '--health-timeout', '40s'), 'RD_ERR_CANCELLED', {
+      message,
+      run: signalledAt(/waiting for r2 to listen/, 'SIGINT'),
+    });
+    await v1.untouched(); // the new keeper and its app are gone
+    await expectError(v1.args('e-slow.js', '--env', 'APP_VERSION=v2', '--env', 'HEALTH_DELAY_MS=never', '--health', '/healthz', '--health-timeout', '40s'), 'RD_ERR_CANCELLED', {
+      message: /Cancelled by SIGTERM/,
+      run: signalledAt(/checking health of r\d/, 'SIGTERM'),
+    });
+    await v1.untouched();
+  });
+
+  test('a signal after go-live has begun waits for the cutover, which completes', async () => {
+    // The app blocks its event loop after its health answer, so that the
+    // go-live call takes ~1.5 s: the signal lands inside it.
+    const args = v1.args('e-slow.js', '--env', 'APP_VERSION=v3', '--env', 'BUSY_AFTER_HEALTH_MS=1500', '--health', '/healthz');
+    const r = await signalledAt(/joining port/, 'SIGINT')(args);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /SIGINT: the new version is going live; the command ends once the cutover is done/);
+    assert.match(r.stdout, /deployed app r\d+ .*replaced r1/);
+    remember(v1.stateDir, 'app');
+    assert.match((await get(v1.port, '/')).body, /^v3 /);
+  });
+});
+
 describe('errors without a live app', () => {
   let stateDir: string;
   let port: number;

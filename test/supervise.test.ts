@@ -1,6 +1,8 @@
 // Supervision: crash restarts without losing queued connections, crash
 // loops, stop/start, and several app processes per release.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fixture, freshAppPerTest, get, isAlive, processGroup, readAppState, remember, runCli, waitUntil } from './helpers';
@@ -101,5 +103,34 @@ describe('supervision', () => {
     assert.match(d2.stdout, /\(pid \d+, \d+, replaced r1\)/);
     for (let i = 0; i < 10; i++) assert.match((await get(t.port, '/')).body, /^v2 /);
     await sleep(100);
+  });
+
+  test('--instances 2 with one unhealthy process: the deploy fails and both old processes keep serving', async () => {
+    const d1 = await runCli([fixture('app.js'), ...common(), '--instances', '2', '--env', 'APP_VERSION=v1']);
+    assert.equal(d1.code, 0, d1.stderr);
+    remember(t.stateDir, 'app');
+    const before = (await appStatuses()).map((a) => a.pid);
+
+    const marker = path.join(t.stateDir, 'unhealthy-pid');
+    const d2 = await runCli([
+      fixture('app.js'),
+      ...common(),
+      '--instances',
+      '2',
+      '--health',
+      '/healthz',
+      '--health-timeout',
+      '3s',
+      '--env',
+      'APP_VERSION=v2',
+      '--env',
+      `HEALTH_FAIL_ONE=${marker}`,
+    ]);
+    assert.equal(d2.code, 1, d2.stderr);
+    assert.match(d2.stderr, /RD_ERR_HEALTH_STATUS/);
+    assert.match(d2.stderr, /answered 503: "database unreachable"/, 'the error names the failing answer, not the passing one');
+    assert.ok(!isAlive(Number(fs.readFileSync(marker, 'utf8'))), 'the unhealthy process was stopped');
+    assert.deepEqual((await appStatuses()).map((a) => a.pid), before, 'the old processes are untouched');
+    for (let i = 0; i < 10; i++) assert.match((await get(t.port, '/')).body, /^v1 /);
   });
 });

@@ -15,6 +15,8 @@
 //   old one never learns a deploy was tried.
 // state.json is written before each step that starts or stops a process, so
 // that a crash at any line leaves a state the next command can repair.
+// SIGINT, SIGTERM or SIGHUP before go-live is such a failure (rolled-back);
+// from go-live on, the cutover finishes first (watchSignals).
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DeployError } from '../errors';
 import { probeSocketPath, type KeeperStatus } from '../protocol';
@@ -79,18 +81,27 @@ async function waitListening(spawned: Spawned, port: number, deadline: number): 
   }
 }
 
-/** Probes every app process until all pass, or the deadline. */
+/**
+ * Probes every app process until all pass, or the deadline. The processes
+ * of one round are probed at the same time: one after the other, each probe
+ * added its round trip to the deploy (~13 ms each for 2 processes under the
+ * bench's load).
+ */
 async function waitHealthy(spawned: Spawned, gated: KeeperStatus, rule: HealthRule, deadline: number, progress: Progress): Promise<void> {
   const pending = new Set(gated.apps.map((a) => a.slot));
   let last: ProbeResult | null = null;
   let attempts = 0;
   while (pending.size > 0) {
-    for (const app of gated.apps) {
-      if (!pending.has(app.slot)) continue;
-      const timeout = Math.max(100, Math.min(5_000, deadline - Date.now()));
-      last = await probe(probeSocketPath(spawned.instance.probeSocketPrefix, app.slot), { tls: app.tls, h2: app.h2 }, rule, timeout);
-      if (isHealthy(rule, last)) pending.delete(app.slot);
-    }
+    const timeout = Math.max(100, Math.min(5_000, deadline - Date.now()));
+    const round = gated.apps.filter((app) => pending.has(app.slot));
+    const results = await Promise.all(
+      round.map((app) => probe(probeSocketPath(spawned.instance.probeSocketPrefix, app.slot), { tls: app.tls, h2: app.h2 }, rule, timeout)),
+    );
+    round.forEach((app, i) => {
+      if (isHealthy(rule, results[i])) pending.delete(app.slot);
+    });
+    // For the error message: a failing answer says more than a passing one.
+    last = results.find((r) => !isHealthy(rule, r)) ?? results[results.length - 1] ?? last;
     if (pending.size === 0) return;
     const status = await tryKeeperStatus(spawned.instance.controlSocket, 1_000);
     if (status?.phase === 'failed' && status.error) throw failure(spawned, status.error.code as DeployError['code'], status.error.message);
@@ -141,6 +152,50 @@ async function waitPortSettled(state: AppState, progress: Progress): Promise<voi
   }
 }
 
+const CANCEL_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+/**
+ * Ctrl-C, a CI runner cancelling the step, a closed terminal. Until go-live
+ * they cancel the deploy like a failure: the new instance is stopped and the
+ * old one never learns. Without this, the new instance (a session of its
+ * own) stayed up, gated, until the next command repaired it. From go-live
+ * on, a signal waits for the cutover to finish: stopping between go-live and
+ * the old version's drain would leave two live versions for the next
+ * command to repair.
+ */
+function watchSignals(progress: Progress) {
+  let received: NodeJS.Signals | null = null;
+  let goingLive = false;
+  let cancel: (err: DeployError) => void = () => undefined;
+  const cancelled = new Promise<never>((_, reject) => (cancel = reject));
+  cancelled.catch(() => undefined); // raced below; never unhandled
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (goingLive) {
+      progress.warn(`${signal}: the new version is going live; the command ends once the cutover is done`);
+      return;
+    }
+    if (received) return;
+    received = signal;
+    cancel(new DeployError('RD_ERR_CANCELLED', `Cancelled by ${signal} before the new version went live. Whatever was live keeps serving; deploy again when ready.`));
+  };
+  for (const signal of CANCEL_SIGNALS) process.on(signal, onSignal);
+  return {
+    /** `steps`, unless a signal comes first. The steps left running only probe and wait. */
+    race<T>(steps: Promise<T>): Promise<T> {
+      steps.catch(() => undefined); // a step failing after the cancel is moot
+      return Promise.race([steps, cancelled]);
+    },
+    /** From here on a signal waits. Rejects if one came already. */
+    goLive(): Promise<void> {
+      goingLive = received === null;
+      return goingLive ? Promise.resolve() : cancelled;
+    },
+    dispose(): void {
+      for (const signal of CANCEL_SIGNALS) process.removeListener(signal, onSignal);
+    },
+  };
+}
+
 /**
  * Runs one deploy of `release`. The caller holds the app's lock and has
  * repaired `state`. `whileBooting` runs once the new instance is starting:
@@ -169,37 +224,46 @@ export async function cutover(
   state.instances.push(spawned.instance);
   writeState(paths.state, state);
 
-  let live: KeeperStatus;
-  let msToHealthy: number;
+  const signals = watchSignals(progress);
   try {
-    whileBooting();
-    loadProber();
-    await waitForKeeper(spawned, 10_000);
-    progress.phase(`waiting for ${release.id} to listen on port ${options.port}`);
-    const gated = await waitListening(spawned, options.port, deadline);
-    progress.phase(`checking health of ${release.id} (${options.health ?? 'GET /'}) on its private socket`);
-    const rule = { path: options.health, port: options.port };
-    await waitHealthy(spawned, gated, rule, deadline, progress);
-    msToHealthy = Date.now() - started;
-    if (options.warmUpRequests > 0) {
-      await Promise.all(gated.apps.map((a) => warmUp(probeSocketPath(spawned.instance.probeSocketPrefix, a.slot), a, rule, options.warmUpRequests)));
-    }
-    await waitPortSettled(state, progress);
-    progress.phase(`${release.id} is healthy; joining port ${options.port}`);
+    let live: KeeperStatus;
+    let msToHealthy = 0;
     try {
-      live = await keeperLive(spawned.instance.controlSocket, old ? [old.keeperPid] : []);
+      await signals.race(
+        (async () => {
+          whileBooting();
+          loadProber();
+          await waitForKeeper(spawned, 10_000);
+          progress.phase(`waiting for ${release.id} to listen on port ${options.port}`);
+          const gated = await waitListening(spawned, options.port, deadline);
+          progress.phase(`checking health of ${release.id} (${options.health ?? 'GET /'}) on its private socket`);
+          const rule = { path: options.health, port: options.port };
+          await waitHealthy(spawned, gated, rule, deadline, progress);
+          msToHealthy = Date.now() - started;
+          if (options.warmUpRequests > 0) {
+            await Promise.all(gated.apps.map((a) => warmUp(probeSocketPath(spawned.instance.probeSocketPrefix, a.slot), a, rule, options.warmUpRequests)));
+          }
+          await waitPortSettled(state, progress);
+        })(),
+      );
+      await signals.goLive();
+      progress.phase(`${release.id} is healthy; joining port ${options.port}`);
+      try {
+        live = await keeperLive(spawned.instance.controlSocket, old ? [old.keeperPid] : []);
+      } catch (err) {
+        throw failure(spawned, 'RD_ERR_GO_LIVE', `The new version passed health but could not go live: ${(err as Error).message}`);
+      }
     } catch (err) {
-      throw failure(spawned, 'RD_ERR_GO_LIVE', `The new version passed health but could not go live: ${(err as Error).message}`);
+      progress.phase(`stopping the new instance; ${old ? `${old.release} keeps serving` : 'nothing else was running'}`);
+      await stopInstance(spawned.instance);
+      state.instances = state.instances.filter((i) => i.id !== spawned.instance.id);
+      writeState(paths.state, state);
+      throw err;
     }
-  } catch (err) {
-    progress.phase(`stopping the new instance; ${old ? `${old.release} keeps serving` : 'nothing else was running'}`);
-    await stopInstance(spawned.instance);
-    state.instances = state.instances.filter((i) => i.id !== spawned.instance.id);
-    writeState(paths.state, state);
-    throw err;
+    return await handOver(paths, state, spawned.instance.id, old, live, options, progress, { started, msToHealthy });
+  } finally {
+    signals.dispose();
   }
-
-  return handOver(paths, state, spawned.instance.id, old, live, options, progress, { started, msToHealthy });
 }
 
 /**

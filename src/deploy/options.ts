@@ -65,12 +65,13 @@ export async function resolveHost(value: unknown): Promise<string> {
 
 /**
  * Warm-up requests per app process before go-live (see warmUp in health.ts).
- * None by default: they arrive through the private unix socket, and V8 then
- * optimizes the app's request path for that kind of socket. Measured with
- * wrk on the public TCP port, an app warmed up with 50 or 200 requests
- * served 67-73k req/s where the same app without a warm-up, and a bare one,
- * served 84-88k (README, "What a deploy does", step 5). A faster first
- * 100 ms after go-live is not worth a slower app.
+ * None by default. Measured with wrk on the public TCP port, an app process
+ * sometimes settles at a request cost 15-25% above a bare app's for its
+ * whole life, and warmed-up processes did so more often: all of them in one
+ * series, 2 of 6 against 0 of 6 unwarmed in another (README, "What a deploy
+ * does", step 5). Sending the warm-up through loopback TCP instead of the
+ * unix socket did not help. A faster first 100 ms after go-live is not
+ * worth that risk.
  */
 export const DEFAULT_WARM_UP = 0;
 
