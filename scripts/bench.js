@@ -96,7 +96,7 @@ function parseArgs(argv) {
   o.warmupMs = 500; // not counted at rest: connection setup, JIT
   o.settleMs = o.quick ? 800 : 1500; // load continues after the last deploy
   o.bootSamples = o.quick ? 5 : 10;
-  if (o.overheadRounds === null) o.overheadRounds = o.quick ? 3 : 8;
+  if (o.overheadRounds === null) o.overheadRounds = o.quick ? 2 : 4;
   o.overheadWindowMs = o.quick ? 1500 : 2000;
   o.timeoutMs = 2000;
   if (!(o.deploys >= 1) || !(o.rate >= 1) || !(o.conns >= 1)) {
@@ -792,12 +792,15 @@ function pin(pid, cpu) {
  * another, in a rotating order, round after round. Each variant runs as
  * OVERHEAD_PROCS processes, and a round's figure for it is their mean: one
  * process per variant measures the luck of that process (its JIT
- * decisions, its heap) along with the variant. Per round each variant is
+ * decisions, its heap) along with the variant. That luck is large: single
+ * processes, bare or deployed, settled 15-25% below their siblings for
+ * their whole life in some runs, so the table also lists each process's
+ * median throughput. Per round each variant is
  * compared with bare (throughput, and CPU time of the app process per
  * request); reported: the median over the rounds and its range. (Loaded
  * side by side on two CPUs, as an earlier version did, the range was ±50%.)
  */
-const OVERHEAD_PROCS = 2;
+const OVERHEAD_PROCS = 4;
 
 async function measureOverhead(tmp, appEntry) {
   const variants = [
@@ -858,6 +861,7 @@ async function measureOverhead(tmp, appEntry) {
       rpsDiffRange: [Math.min(...rpsRatio), Math.max(...rpsRatio)],
       cpuDiffPct: median(cpuRatio),
       cpuDiffRange: [Math.min(...cpuRatio), Math.max(...cpuRatio)],
+      perProcessRps: v.procs.map((_, k) => median(v.rounds.map((x) => x.perProcess[k].rps))),
       failed: v.rounds.reduce((a, x) => a + x.failed, 0),
       rounds: v.rounds,
     };
@@ -1153,7 +1157,7 @@ async function main() {
     const pct = (x) => (x === null || !Number.isFinite(x) ? '-' : `${x >= 0 ? '+' : ''}${fmt(x, 1)}%`);
     const range = (r) => (overhead[0].rounds.length > 1 ? `${pct(r[0])}..${pct(r[1])}` : '-');
     out.push(`runtime preload overhead: ${OVERHEAD_PROCS} processes per variant, each loaded alone, app pinned to CPU 1 and load generator (${WRK ? 'wrk' : 'scripts/load.js; install wrk for a load that saturates the app'}) to CPU 0 (keep-alive, closed loop, ${opts.conns} connections), ${overhead[0].rounds.length} round(s) of ${opts.overheadWindowMs} ms per process, rotating order; a round's figure for a variant is the mean of its processes; vs bare = median over rounds of the per-round difference (range); CPU = the app process's CPU time per request:`);
-    out.push(table(['variant', 'req/s', 'vs bare', 'range', 'CPU µs/req', 'vs bare', 'range'], overhead.map((v, i) => [v.label, fmt(v.rps, 0), i ? pct(v.rpsDiffPct) : '', i ? range(v.rpsDiffRange) : '', fmt(v.cpuUsPerReq, 1), i ? pct(v.cpuDiffPct) : '', i ? range(v.cpuDiffRange) : '']), 1));
+    out.push(table(['variant', 'req/s', 'vs bare', 'range', 'CPU µs/req', 'vs bare', 'range', 'req/s per process (median)'], overhead.map((v, i) => [v.label, fmt(v.rps, 0), i ? pct(v.rpsDiffPct) : '', i ? range(v.rpsDiffRange) : '', fmt(v.cpuUsPerReq, 1), i ? pct(v.cpuDiffPct) : '', i ? range(v.cpuDiffRange) : '', v.perProcessRps.map((x) => fmt(x / 1000, 1) + 'k').join(' ')]), 1));
   }
 
   // ---- targets
