@@ -179,7 +179,12 @@ function watchSignals(progress: Progress) {
     cancel(new DeployError('RD_ERR_CANCELLED', `Cancelled by ${signal} before the new version went live. Whatever was live keeps serving; deploy again when ready.`));
   };
   for (const signal of CANCEL_SIGNALS) process.on(signal, onSignal);
+  const unlessCancelled = (say: (text: string) => void) => (text: string): void => {
+    if (received === null) say(text);
+  };
   return {
+    /** For the raced steps: silent after a cancel, so that a step still under way does not print over the rollback. */
+    progress: { ...progress, phase: unlessCancelled(progress.phase), info: unlessCancelled(progress.info), warn: unlessCancelled(progress.warn) } satisfies Progress,
     /** `steps`, unless a signal comes first. The steps left running only probe and wait. */
     race<T>(steps: Promise<T>): Promise<T> {
       steps.catch(() => undefined); // a step failing after the cancel is moot
@@ -231,19 +236,20 @@ export async function cutover(
     try {
       await signals.race(
         (async () => {
+          const say = signals.progress;
           whileBooting();
           loadProber();
           await waitForKeeper(spawned, 10_000);
-          progress.phase(`waiting for ${release.id} to listen on port ${options.port}`);
+          say.phase(`waiting for ${release.id} to listen on port ${options.port}`);
           const gated = await waitListening(spawned, options.port, deadline);
-          progress.phase(`checking health of ${release.id} (${options.health ?? 'GET /'}) on its private socket`);
+          say.phase(`checking health of ${release.id} (${options.health ?? 'GET /'}) on its private socket`);
           const rule = { path: options.health, port: options.port };
-          await waitHealthy(spawned, gated, rule, deadline, progress);
+          await waitHealthy(spawned, gated, rule, deadline, say);
           msToHealthy = Date.now() - started;
           if (options.warmUpRequests > 0) {
             await Promise.all(gated.apps.map((a) => warmUp(probeSocketPath(spawned.instance.probeSocketPrefix, a.slot), a, rule, options.warmUpRequests)));
           }
-          await waitPortSettled(state, progress);
+          await waitPortSettled(state, say);
         })(),
       );
       await signals.goLive();

@@ -71,7 +71,8 @@ function install(config: RuntimeConfig): void {
   let probe: net.Server | null = null;
   let draining = false;
 
-  function openProbe(server: net.Server): void {
+  /** Opens the probe socket, then tells the keeper the app is gated: a probe sent earlier would find no socket. */
+  function openProbe(server: net.Server, tls: boolean, h2: boolean): void {
     try {
       fs.unlinkSync(config.probeSocket);
     } catch {
@@ -87,7 +88,12 @@ function install(config: RuntimeConfig): void {
       if (peer !== uid && peer !== 0) socket.destroy();
       else server.emit('connection', socket);
     });
-    originalListen.call(probe, config.probeSocket, () => fs.chmodSync(config.probeSocket, 0o600));
+    // Should the socket fail to open, the health check reports it (no answer, with the error).
+    probe.once('error', () => send({ rd: 'gated', tls, h2 }));
+    originalListen.call(probe, config.probeSocket, () => {
+      fs.chmodSync(config.probeSocket, 0o600);
+      send({ rd: 'gated', tls, h2 });
+    });
   }
 
   function goLive(): void {
@@ -120,9 +126,14 @@ function install(config: RuntimeConfig): void {
       return server;
     }
     gated = { tracked: track(server), call };
-    send({ rd: 'gated', tls: isTlsServer(server), h2: speaksOnlyH2(server) });
-    if (config.liveAtStart) goLive();
-    else openProbe(server);
+    const tls = isTlsServer(server);
+    const h2 = speaksOnlyH2(server);
+    if (config.liveAtStart) {
+      send({ rd: 'gated', tls, h2 });
+      goLive();
+    } else {
+      openProbe(server, tls, h2);
+    }
     return server;
   }
 
