@@ -290,7 +290,19 @@ cli
     }
   });
 
-cli.help();
+// The same meanings as the README's "Exit codes" table; a CI step can branch on them.
+const EXIT_CODES = [
+  [EXIT.ok, 'done'],
+  [EXIT.failed, 'the deploy (or rollback, stop, start) failed, or SIGINT/SIGTERM came before go-live; whatever was live keeps serving'],
+  [EXIT.usage, 'invalid flags or input; nothing was started'],
+  [EXIT.locked, "another reuse-deploy command holds the app's lock (--wait queues behind it)"],
+  [EXIT.environment, 'the host cannot run deploys (state dir, native addon); `reuse-deploy doctor` says why'],
+] as const;
+
+cli.help((sections) => [
+  ...sections,
+  { title: 'Exit codes', body: EXIT_CODES.map(([code, meaning]) => `  ${code}  ${meaning}`).join('\n') + '\n  Every error names its RD_ERR_ code and what to do; the README lists them all.' },
+]);
 cli.version(pkg.version);
 
 try {

@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { CLI, fixture, freshAppPerTest, get, remember, runCli, runProcess } from './helpers';
+import { EXIT } from '../src/errors';
 
 const t = freshAppPerTest();
 
@@ -32,6 +33,7 @@ describe('help and version', () => {
     const r = await runCli(['--help']);
     assert.equal(r.code, 0);
     for (const word of ['status', 'stop', 'start', 'releases', 'logs', 'doctor', '--previous', '--park', 'Examples:']) assert.ok(r.stdout.includes(word), `help mentions ${word}`);
+    for (const code of Object.values(EXIT)) assert.match(r.stdout, new RegExp(`^  ${code}  \\S`, 'm'), `help explains exit code ${code}`);
   });
 
   test('every command has --help with an example', async () => {
