@@ -293,7 +293,7 @@ cli
 // The same meanings as the README's "Exit codes" table; a CI step can branch on them.
 const EXIT_CODES = [
   [EXIT.ok, 'done'],
-  [EXIT.failed, 'the deploy (or rollback, stop, start) failed, or SIGINT/SIGTERM came before go-live; whatever was live keeps serving'],
+  [EXIT.failed, 'the deploy (or rollback, stop, start) failed, or SIGINT/SIGTERM/SIGHUP came before go-live; whatever was live keeps serving'],
   [EXIT.usage, 'invalid flags or input; nothing was started'],
   [EXIT.locked, "another reuse-deploy command holds the app's lock (--wait queues behind it)"],
   [EXIT.environment, 'the host cannot run deploys (state dir, native addon); `reuse-deploy doctor` says why'],

@@ -1,26 +1,21 @@
 // The CLI as a user meets it: help, version, output modes, config file.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import { CLI, fixture, freshAppPerTest, get, remember, runCli, runProcess } from './helpers';
+import { CLI, fixture, freshAppPerTest, get, remember, runCli, runProcess, spawnInTty } from './helpers';
 import { EXIT } from '../src/errors';
 
 const t = freshAppPerTest();
 
-/** Runs the CLI under a pseudo-terminal (util-linux `script`), as a person at a terminal would. */
+/** Runs the CLI under a pseudo-terminal to its end; its output as the terminal showed it. */
 function runInTty(args: string[], env: NodeJS.ProcessEnv = {}): Promise<string> {
-  const command = [process.execPath, CLI, ...args].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ');
   return new Promise((resolve, reject) => {
-    const base = { ...process.env };
-    delete base.CI; // CI=anything means "not interactive" to ora
-    // `script` gives the terminal no size; a person's terminal has one.
-    const child = spawn('script', ['-qec', `stty cols 120 rows 40; ${command}`, '/dev/null'], { env: { ...base, TERM: 'xterm-256color', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawnInTty(args, env);
     let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
+    child.stdout!.on('data', (d) => (out += d));
+    child.stderr!.on('data', (d) => (out += d));
     child.on('error', reject);
     child.on('close', () => resolve(out));
   });

@@ -25,6 +25,7 @@ import {
   ROOT,
   runCli,
   runProcess,
+  spawnInTty,
   tempStateDir,
   waitUntil,
 } from './helpers';
@@ -373,10 +374,23 @@ describe('RD_ERR_CANCELLED', () => {
     await v1.untouched();
   });
 
+  test('RD_ERR_CANCELLED: a closed terminal (SIGHUP, then EIO on every write) stops the new version too', async () => {
+    const term = spawnInTty(v1.args('e-slow.js', '--env', 'APP_VERSION=v2', '--env', 'BOOT_DELAY_MS=20000', '--health-timeout', '40s'));
+    children.push(term);
+    let shown = '';
+    term.stdout!.on('data', (d) => (shown += d));
+    await waitUntil(() => /waiting for r\d+ to listen/.test(shown), 20_000, `the deploy to wait for its new version in\n${shown}`);
+    // The terminal goes away: the kernel hangs up its session, and the
+    // spinner's next write fails.
+    term.kill('SIGKILL');
+    await waitUntil(() => readAppState(v1.stateDir, 'app')!.instances.length === 1, 15_000, 'the new instance to be removed from state.json');
+    await v1.untouched();
+  });
+
   test('a signal after go-live has begun waits for the cutover, which completes', async () => {
     // The app blocks its event loop after its health answer, so that the
-    // go-live call takes ~1.5 s: the signal lands inside it.
-    const args = v1.args('e-slow.js', '--env', 'APP_VERSION=v3', '--env', 'BUSY_AFTER_HEALTH_MS=1500', '--health', '/healthz');
+    // go-live call takes ~3 s: the signal lands inside it.
+    const args = v1.args('e-slow.js', '--env', 'APP_VERSION=v3', '--env', 'BUSY_AFTER_HEALTH_MS=3000', '--health', '/healthz');
     const r = await signalledAt(/joining port/, 'SIGINT')(args);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stderr, /SIGINT: the new version is going live; the command ends once the cutover is done/);

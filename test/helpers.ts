@@ -52,6 +52,19 @@ export function runProcess(cmd: string, args: string[], options: RunOptions = {}
   });
 }
 
+/**
+ * The CLI under a pseudo-terminal (util-linux `script`), as a person at a
+ * terminal runs it: not CI, a terminal of 120x40. The CLI is exec'd, so that
+ * it leads the terminal's session and gets its SIGHUP when it closes.
+ */
+export function spawnInTty(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
+  const command = [process.execPath, CLI, ...args].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ');
+  const base = { ...process.env };
+  delete base.CI; // CI=anything means "not interactive" to ora
+  // `script` gives the terminal no size; a person's terminal has one.
+  return spawn('script', ['-qec', `stty cols 120 rows 40; exec ${command}`, '/dev/null'], { env: { ...base, TERM: 'xterm-256color', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
 export function runCli(args: string[], options: RunOptions = {}): Promise<CliResult> {
   return runProcess(process.execPath, [CLI, ...args], { ...options, env: { ...process.env, CI: 'true', ...options.env } });
 }

@@ -120,7 +120,7 @@ describe('supervision', () => {
       '--health',
       '/healthz',
       '--health-timeout',
-      '3s',
+      '5s',
       '--env',
       'APP_VERSION=v2',
       '--env',
@@ -129,7 +129,8 @@ describe('supervision', () => {
     assert.equal(d2.code, 1, d2.stderr);
     assert.match(d2.stderr, /RD_ERR_HEALTH_STATUS/);
     assert.match(d2.stderr, /answered 503: "database unreachable"/, 'the error names the failing answer, not the passing one');
-    assert.ok(!isAlive(Number(fs.readFileSync(marker, 'utf8'))), 'the unhealthy process was stopped');
+    const unhealthy = Number(fs.readFileSync(marker, 'utf8'));
+    await waitUntil(() => !isAlive(unhealthy), 5_000, 'the unhealthy process to be stopped');
     assert.deepEqual((await appStatuses()).map((a) => a.pid), before, 'the old processes are untouched');
     for (let i = 0; i < 10; i++) assert.match((await get(t.port, '/')).body, /^v1 /);
   });

@@ -100,8 +100,9 @@ async function waitHealthy(spawned: Spawned, gated: KeeperStatus, rule: HealthRu
     round.forEach((app, i) => {
       if (isHealthy(rule, results[i])) pending.delete(app.slot);
     });
-    // For the error message: a failing answer says more than a passing one.
-    last = results.find((r) => !isHealthy(rule, r)) ?? results[results.length - 1] ?? last;
+    // For the error message: a failing status says more than no answer, and either more than a pass.
+    const failing = results.filter((r) => !isHealthy(rule, r));
+    last = failing.find((r) => r.status !== null) ?? failing[0] ?? results[results.length - 1] ?? last;
     if (pending.size === 0) return;
     const status = await tryKeeperStatus(spawned.instance.controlSocket, 1_000);
     if (status?.phase === 'failed' && status.error) throw failure(spawned, status.error.code as DeployError['code'], status.error.message);
@@ -161,22 +162,27 @@ const CANCEL_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
  * own) stayed up, gated, until the next command repaired it. From go-live
  * on, a signal waits for the cutover to finish: stopping between go-live and
  * the old version's drain would leave two live versions for the next
- * command to repair.
+ * command to repair. A signal during the rollback waits for it too.
  */
 function watchSignals(progress: Progress) {
   let received: NodeJS.Signals | null = null;
-  let goingLive = false;
+  let stage: 'booting' | 'going-live' | 'rolling-back' = 'booting';
   let cancel: (err: DeployError) => void = () => undefined;
   const cancelled = new Promise<never>((_, reject) => (cancel = reject));
   cancelled.catch(() => undefined); // raced below; never unhandled
   const onSignal = (signal: NodeJS.Signals): void => {
-    if (goingLive) {
-      progress.warn(`${signal}: the new version is going live; the command ends once the cutover is done`);
-      return;
+    // After a hangup (or a CI runner that stopped reading), writing to the
+    // terminal or pipe fails with EIO or EPIPE, which Node raises as an
+    // uncaught 'error' and the CLI would die mid-rollback. Output is lost
+    // from here on; the rollback is not.
+    process.stdout.on('error', () => undefined);
+    process.stderr.on('error', () => undefined);
+    if (stage === 'going-live') progress.warn(`${signal}: the new version is going live; the command ends once the cutover is done`);
+    else if (stage === 'rolling-back') progress.warn(`${signal}: stopping the new instance; the command ends once it is stopped`);
+    else if (received === null) {
+      received = signal;
+      cancel(new DeployError('RD_ERR_CANCELLED', `Cancelled by ${signal} before the new version went live. Whatever was live keeps serving; deploy again when ready.`));
     }
-    if (received) return;
-    received = signal;
-    cancel(new DeployError('RD_ERR_CANCELLED', `Cancelled by ${signal} before the new version went live. Whatever was live keeps serving; deploy again when ready.`));
   };
   for (const signal of CANCEL_SIGNALS) process.on(signal, onSignal);
   const unlessCancelled = (say: (text: string) => void) => (text: string): void => {
@@ -192,8 +198,12 @@ function watchSignals(progress: Progress) {
     },
     /** From here on a signal waits. Rejects if one came already. */
     goLive(): Promise<void> {
-      goingLive = received === null;
-      return goingLive ? Promise.resolve() : cancelled;
+      if (received !== null) return cancelled;
+      stage = 'going-live';
+      return Promise.resolve();
+    },
+    rollingBack(): void {
+      stage = 'rolling-back';
     },
     dispose(): void {
       for (const signal of CANCEL_SIGNALS) process.removeListener(signal, onSignal);
@@ -260,6 +270,7 @@ export async function cutover(
         throw failure(spawned, 'RD_ERR_GO_LIVE', `The new version passed health but could not go live: ${(err as Error).message}`);
       }
     } catch (err) {
+      signals.rollingBack();
       progress.phase(`stopping the new instance; ${old ? `${old.release} keeps serving` : 'nothing else was running'}`);
       await stopInstance(spawned.instance);
       state.instances = state.instances.filter((i) => i.id !== spawned.instance.id);

@@ -88,9 +88,15 @@ function install(config: RuntimeConfig): void {
       if (peer !== uid && peer !== 0) socket.destroy();
       else server.emit('connection', socket);
     });
-    // Should the socket fail to open, the health check reports it (no answer, with the error).
-    probe.once('error', () => send({ rd: 'gated', tls, h2 }));
+    // Should the socket fail to open, the log says why, and the health
+    // check reports no answer (with the error) rather than "never listened".
+    const onError = (err: Error): void => {
+      console.error(`reuse-deploy: the private health-check socket ${config.probeSocket} could not be opened: ${err.message}`);
+      send({ rd: 'gated', tls, h2 });
+    };
+    probe.once('error', onError);
     originalListen.call(probe, config.probeSocket, () => {
+      probe?.removeListener('error', onError);
       fs.chmodSync(config.probeSocket, 0o600);
       send({ rd: 'gated', tls, h2 });
     });
