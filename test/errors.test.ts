@@ -143,6 +143,17 @@ class V1 {
   }
 }
 
+/** A v1 deployed before the suite's tests, and everything the suite started stopped after them. */
+function v1ForSuite(): V1 {
+  const v1 = new V1();
+  before(() => v1.deploy());
+  after(async () => {
+    killOurs();
+    await cleanup(v1.stateDir);
+  });
+  return v1;
+}
+
 describe('errors with v1 serving: the code, the exit code, and v1 untouched', () => {
   const v1 = new V1();
   before(() => v1.deploy());
@@ -309,12 +320,7 @@ function startCli(args: string[]) {
 }
 
 describe('RD_ERR_LOCKED', () => {
-  const v1 = new V1();
-  before(() => v1.deploy());
-  after(async () => {
-    killOurs();
-    await cleanup(v1.stateDir);
-  });
+  const v1 = v1ForSuite();
 
   test('a second command fails while a deploy holds the lock; --wait queues behind it', async () => {
     const slow = startCli(v1.args('e-slow.js', '--env', 'APP_VERSION=v2', '--env', 'BOOT_DELAY_MS=8000', '--health-timeout', '40s'));
@@ -345,12 +351,7 @@ describe('RD_ERR_LOCKED', () => {
 });
 
 describe('RD_ERR_CANCELLED', () => {
-  const v1 = new V1();
-  before(() => v1.deploy());
-  after(async () => {
-    killOurs();
-    await cleanup(v1.stateDir);
-  });
+  const v1 = v1ForSuite();
 
   /** Runs the CLI, and sends it `signal` once its stderr matches `at`. */
   const signalledAt = (at: RegExp, signal: NodeJS.Signals) => async (args: string[]): Promise<CliResult> => {

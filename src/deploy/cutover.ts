@@ -167,6 +167,7 @@ const CANCEL_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 function watchSignals(progress: Progress) {
   let received: NodeJS.Signals | null = null;
   let stage: 'booting' | 'going-live' | 'rolling-back' = 'booting';
+  let outputGuarded = false;
   let cancel: (err: DeployError) => void = () => undefined;
   const cancelled = new Promise<never>((_, reject) => (cancel = reject));
   cancelled.catch(() => undefined); // raced below; never unhandled
@@ -175,8 +176,11 @@ function watchSignals(progress: Progress) {
     // terminal or pipe fails with EIO or EPIPE, which Node raises as an
     // uncaught 'error' and the CLI would die mid-rollback. Output is lost
     // from here on; the rollback is not.
-    process.stdout.on('error', () => undefined);
-    process.stderr.on('error', () => undefined);
+    if (!outputGuarded) {
+      outputGuarded = true;
+      process.stdout.on('error', () => undefined);
+      process.stderr.on('error', () => undefined);
+    }
     if (stage === 'going-live') progress.warn(`${signal}: the new version is going live; the command ends once the cutover is done`);
     else if (stage === 'rolling-back') progress.warn(`${signal}: stopping the new instance; the command ends once it is stopped`);
     else if (received === null) {

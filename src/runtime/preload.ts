@@ -82,7 +82,7 @@ function install(config: RuntimeConfig): void {
     // well (SO_PEERCRED), so that only this user or root can reach the app
     // through it.
     const uid = process.getuid?.();
-    probe = net.createServer((socket) => {
+    const own = net.createServer((socket) => {
       const fd = (socket as net.Socket & { _handle?: { fd?: number } })._handle?.fd ?? -1;
       const peer = fd >= 0 ? native().peerCredentials(fd).uid : -1;
       if (peer !== uid && peer !== 0) socket.destroy();
@@ -94,9 +94,10 @@ function install(config: RuntimeConfig): void {
       console.error(`reuse-deploy: the private health-check socket ${config.probeSocket} could not be opened: ${err.message}`);
       send({ rd: 'gated', tls, h2 });
     };
-    probe.once('error', onError);
-    originalListen.call(probe, config.probeSocket, () => {
-      probe?.removeListener('error', onError);
+    own.once('error', onError);
+    probe = own;
+    originalListen.call(own, config.probeSocket, () => {
+      own.removeListener('error', onError);
       fs.chmodSync(config.probeSocket, 0o600);
       send({ rd: 'gated', tls, h2 });
     });
