@@ -15,6 +15,13 @@ if (process.env.REUSE_DEPLOY_CARRIED_CA_CERTS !== undefined) {
   process.env.NODE_EXTRA_CA_CERTS = process.env.REUSE_DEPLOY_CARRIED_CA_CERTS;
   delete process.env.REUSE_DEPLOY_CARRIED_CA_CERTS;
 }
+// A reader that went away (`reuse-deploy ... | head`, a CI runner that
+// stopped streaming the log, a closed terminal) makes writes fail with EPIPE
+// or EIO, which Node raises as an uncaught error: the CLI died halfway
+// through a deploy and left the new version half-started for the next
+// command to repair. The output is lost; the command goes on, and its exit
+// code still says how it went.
+for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
 prestartKeeper(process.argv.slice(2));
 // The CLI serves no traffic: let the live version, and anything else, have
 // the CPU first. Only now: a process it started earlier keeps its own nice

@@ -1,5 +1,6 @@
 // The CLI as a user meets it: help, version, output modes, config file.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -89,6 +90,21 @@ describe('output', () => {
     assert.equal(r.stdout, '');
     // test/fixtures has no node_modules of its own: that one warning remains
     for (const line of r.stderr.trim().split('\n').filter(Boolean)) assert.match(line, / warning: /);
+  });
+
+  test('a reader that goes away (EPIPE on every write) does not stop the deploy halfway', async () => {
+    assert.equal((await runCli([...deployArgs(), '--env', 'APP_VERSION=v1'])).code, 0);
+    remember(t.stateDir, 'app');
+    // `reuse-deploy ... | head -0`: both pipes are closed before the CLI writes its first line.
+    const child = spawn(process.execPath, [CLI, ...deployArgs(), '--env', 'APP_VERSION=v2'], { env: { ...process.env, CI: 'true' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout!.destroy();
+    child.stderr!.destroy();
+    const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+    remember(t.stateDir, 'app');
+    assert.equal(code, 0, 'the deploy went through');
+    assert.match((await get(t.port, '/')).body, /^v2 /);
+    const state = JSON.parse(fs.readFileSync(path.join(t.stateDir, 'app', 'state.json'), 'utf8')) as { instances: { release: string; role: string }[] };
+    assert.deepEqual(state.instances.filter((i) => i.role === 'live').map((i) => i.release), ['r2']);
   });
 
   test('on a TTY: a spinner with phase names; NO_COLOR turns colour off', async () => {

@@ -167,20 +167,12 @@ const CANCEL_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 function watchSignals(progress: Progress) {
   let received: NodeJS.Signals | null = null;
   let stage: 'booting' | 'going-live' | 'rolling-back' = 'booting';
-  let outputGuarded = false;
   let cancel: (err: DeployError) => void = () => undefined;
   const cancelled = new Promise<never>((_, reject) => (cancel = reject));
   cancelled.catch(() => undefined); // raced below; never unhandled
   const onSignal = (signal: NodeJS.Signals): void => {
-    // After a hangup (or a CI runner that stopped reading), writing to the
-    // terminal or pipe fails with EIO or EPIPE, which Node raises as an
-    // uncaught 'error' and the CLI would die mid-rollback. Output is lost
-    // from here on; the rollback is not.
-    if (!outputGuarded) {
-      outputGuarded = true;
-      process.stdout.on('error', () => undefined);
-      process.stderr.on('error', () => undefined);
-    }
+    // After a hangup every write fails with EIO; src/cli.ts keeps that from
+    // ending the command before the rollback.
     if (stage === 'going-live') progress.warn(`${signal}: the new version is going live; the command ends once the cutover is done`);
     else if (stage === 'rolling-back') progress.warn(`${signal}: stopping the new instance; the command ends once it is stopped`);
     else if (received === null) {
