@@ -23,7 +23,8 @@
 // Prints one table on stdout, then the deploy phases of reuse-deploy, the
 // keep-alive rows' latency split by new and reused connections (each
 // version change makes every keep-alive client reconnect once), and the
-// overhead; writes raw results (JSON) and a picture (SVG) to bench-results/. Every process it starts is stopped by pid, and every
+// overhead; writes raw results (JSON) and a picture (SVG) to
+// bench-results/. Every process it starts is stopped by pid, and every
 // namespace it creates is deleted, also on failure and on Ctrl-C.
 //
 // Flags: --quick (3 deploys, short windows), --deploys N, --rate R (req/s,
@@ -795,10 +796,10 @@ function pin(pid, cpu) {
  * decisions, its heap) along with the variant. That luck is large: single
  * processes, bare or deployed, settled 15-25% below their siblings for
  * their whole life in some runs, so the table also lists each process's
- * median throughput. Per round each variant is
- * compared with bare (throughput, and CPU time of the app process per
- * request); reported: the median over the rounds and its range. (Loaded
- * side by side on two CPUs, as an earlier version did, the range was ±50%.)
+ * median throughput. Per round each variant is compared with bare
+ * (throughput, and CPU time of the app process per request); reported: the
+ * median over the rounds and its range. (Loaded side by side on two CPUs,
+ * as an earlier version did, the range was ±50%.)
  */
 const OVERHEAD_PROCS = 4;
 
@@ -999,7 +1000,6 @@ async function main() {
     kernel: os.release(),
     cpus: os.cpus().length,
     root: IS_ROOT,
-    rdArgs: opts.rdArgs,
     loadavgStart: os.loadavg(),
     options: opts,
     git: spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).stdout.trim() || null,

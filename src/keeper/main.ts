@@ -198,7 +198,6 @@ function setBootPriority(booting: boolean): void {
 function raiseBootPriorityLater(): void {
   clearTimeout(raiseTimer);
   raiseTimer = setTimeout(() => {
-    if (wantedNice !== BOOT_NICE) return;
     log(`still booting after ${BOOT_RAISE_MS} ms: raising its CPU priority to nice ${BOOT_NICE_SLOW}`);
     setNice(BOOT_NICE_SLOW);
   }, BOOT_RAISE_MS);
