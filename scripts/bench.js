@@ -675,7 +675,7 @@ async function scenario(config, mode, impl, tmp) {
     if (deploys.length && result.end < deploys[deploys.length - 1].t1) summary.warning = 'the load generator stopped (time or request bound) before the last deploy ended';
     const lastVersion = `v${opts.deploys}`;
     log(`${label}: ${summary.requests} requests, ${summary.failed} failed ${JSON.stringify(summary.byKind)}; versions seen ${Object.keys(summary.versions).length}${summary.versions[lastVersion] ? '' : ` (never saw ${lastVersion}!)`}`);
-    return { config: config.key, label: config.label, mode, ns: config.ns, instances: config.instances || 1, port: config.port, deploys, summary, raw: { t0: result.t0, end: result.end, start: result.start, lat: result.lat, kind: result.kind, fresh: result.fresh, truncated: result.truncated } };
+    return { config: config.key, label: config.label, mode, ns: config.ns, instances: config.instances || 1, port: config.port, deploys, summary, raw: { t0: result.t0, end: result.end, start: result.start, lat: result.lat, kind: result.kind, fresh: result.fresh, ver: result.ver, truncated: result.truncated } };
   } finally {
     if (load) {
       load.child.stdin.end();

@@ -24,7 +24,8 @@
 // and the outcome: ok (2xx) / connect (ECONNREFUSED etc.) / reset
 // (ECONNRESET, EPIPE, socket hang up) / timeout / non2xx / other; and
 // whether it opened a new connection (fresh: always in `close` mode, in
-// `ka` mode the first request of each connection).
+// `ka` mode the first request of each connection), and which version
+// answered (N of a body "vN", as the bench app answers; 0 otherwise).
 const http = require('node:http');
 const fs = require('node:fs');
 const { performance } = require('node:perf_hooks');
@@ -83,6 +84,7 @@ const starts = new Float64Array(cap);
 const lats = new Float32Array(cap);
 const kinds = new Uint8Array(cap);
 const fresh = new Uint8Array(cap); // 1: the request opened a new connection (not req.reusedSocket)
+const ver = new Uint16Array(cap); // N of the "vN" that answered (the bench app's body), 0 if none: which release served it
 const counts = Object.fromEntries(KINDS.map((k) => [k, 0]));
 const errors = {};
 const versions = {};
@@ -104,6 +106,7 @@ function once(agent) {
     const start = now();
     let done = false;
     let timer = null;
+    let served = 0;
     const finish = (kind, detail) => {
       if (done) return;
       done = true;
@@ -113,6 +116,7 @@ function once(agent) {
         lats[recorded] = now() - start;
         kinds[recorded] = kind;
         fresh[recorded] = req.reusedSocket ? 0 : 1;
+        ver[recorded] = served;
         recorded++;
       }
       counts[KINDS[kind]]++;
@@ -138,6 +142,7 @@ function once(agent) {
           if (status >= 200 && status < 300) {
             const v = Buffer.concat(chunks).toString('utf8').trim().slice(0, 32);
             versions[v] = (versions[v] || 0) + 1;
+            served = Number((/^v(\d+)$/.exec(v) || [])[1]) || 0;
             finish(OK, '');
           } else {
             finish(NON2XX, `HTTP ${status}`);
@@ -208,6 +213,7 @@ async function main() {
     lat: Array.from(lats.subarray(0, recorded), round),
     kind: Array.from(kinds.subarray(0, recorded)),
     fresh: Array.from(fresh.subarray(0, recorded)),
+    ver: Array.from(ver.subarray(0, recorded)),
   };
   fs.writeFileSync(opts.out, JSON.stringify(result));
   process.exit(0);
