@@ -1,6 +1,9 @@
 // The keep-alive drain of one app server, inside the app process.
 //
 // Invariant: no request that reached this process is answered with a reset.
+// - Idle keep-alive connections go to the new version first, where it can
+//   take them (handoff.ts): their clients see nothing at all. What follows is
+//   for the rest, and for all of them where it cannot.
 // - Node's http.Server#close() (since Node 19) destroys idle keep-alive
 //   sockets at once. A client may already have written its next request on
 //   one of them; close() with unread data in the receive queue sends a RST
@@ -21,6 +24,7 @@
 import net from 'node:net';
 import type http from 'node:http';
 import type { Http2Session } from 'node:http2';
+import type { HandOffResult } from './handoff';
 
 /** Connections get `Connection: close` in turns over this much of the drain (see the top). */
 export const CLOSE_SPREAD_MS = 500;
@@ -61,21 +65,53 @@ export function countInflight(tracked: Tracked): number {
   return n;
 }
 
+/** Hands over the idle ones among the given connections (handoff.ts, handOffIdle bound to its targets). */
+export type HandOff = (sockets: Iterable<net.Socket>) => HandOffResult;
+
+/** While handing over, the connections left are tried again this often, for the first CLOSE_SPREAD_MS. */
+const HANDOFF_RETRY_MS = 5;
+
+export interface DrainResult {
+  forced: number;
+  handedOver: number;
+}
+
 /**
  * Stops accepting, then lets connections finish. Resolves with the number
- * force-closed, or null if stopClosingConnections() cancelled the drain (the
- * process was parked and then made live again).
+ * force-closed and handed over, or null if stopClosingConnections()
+ * cancelled the drain (the process was parked and then made live again).
  */
-export async function drainServer(tracked: Tracked, timeoutMs: number, onListenerClosed: () => void): Promise<number | null> {
+export async function drainServer(tracked: Tracked, timeoutMs: number, onListenerClosed: () => void, handOff: HandOff | null = null): Promise<DrainResult | null> {
   const { server, sockets, sessions } = tracked;
   const httpServer = server as net.Server & { keepAliveTimeout?: number };
 
   const started = Date.now();
   const spreadMs = Math.min(CLOSE_SPREAD_MS, timeoutMs / 4);
+  // Hand-over (handoff.ts): the idle connections go now; a busy one goes
+  // once its answer is written, and the rest are tried every few ms. Only a
+  // request that arrives after the spread still gets `Connection: close`
+  // (a client that pipelines is never idle). A send that fails (the new
+  // process has no hand-over socket: TLS, HTTP/2, or it is gone) ends the
+  // hand-over; without one from the start, connections close in turns.
+  let handedOver = 0;
+  let handing = handOff !== null;
+  const attempt = (candidates: Iterable<net.Socket>): void => {
+    if (!handing || !handOff) return;
+    const r = handOff(candidates);
+    handedOver += r.handed;
+    if (r.error !== null) handing = false;
+  };
+  // Between this answer and the client's next request (setImmediate: after
+  // the write, before the loop next reads).
+  const afterAnswer = (res: http.ServerResponse, socket: net.Socket): void => {
+    if (handing) res.once('finish', () => setImmediate(() => attempt([socket])));
+  };
+  attempt(sockets);
   const closeAt = new Map<net.Socket, number>();
-  [...sockets].forEach((socket, i, all) => closeAt.set(socket, started + (spreadMs * i) / all.length));
+  [...sockets].forEach((socket, i, all) => closeAt.set(socket, handing ? started + spreadMs : started + (spreadMs * i) / all.length));
   const closeEach = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     if (Date.now() >= (closeAt.get(req.socket) ?? started)) res.shouldKeepAlive = false;
+    else afterAnswer(res, req.socket);
   };
   tracked.closeEach = closeEach;
   server.prependListener('request', closeEach);
@@ -83,6 +119,7 @@ export async function drainServer(tracked: Tracked, timeoutMs: number, onListene
   for (const socket of sockets) {
     const res = currentResponse(socket);
     if (res && !res.headersSent && closeAt.get(socket) === started) res.shouldKeepAlive = false;
+    else if (res) afterAnswer(res, socket);
     // Node arms keepAliveTimeout only after a response; a connection that has
     // never carried a request gets the same idle limit here.
     if (!res) socket.setTimeout(idleMs);
@@ -99,11 +136,13 @@ export async function drainServer(tracked: Tracked, timeoutMs: number, onListene
       const forced = sockets.size + sessions.size;
       for (const session of sessions) session.destroy();
       for (const socket of sockets) socket.destroy();
-      return forced;
+      return { forced, handedOver };
     }
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    const retrying = handing && Date.now() < started + spreadMs;
+    if (retrying) attempt(sockets);
+    await new Promise((resolve) => setTimeout(resolve, retrying ? HANDOFF_RETRY_MS : 50));
   }
-  return 0;
+  return { forced: 0, handedOver };
 }
 
 /** Undoes drainServer's request hook, for a parked server that serves again. */
