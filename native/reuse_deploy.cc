@@ -215,14 +215,16 @@ Napi::Value Flock(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, true);
 }
 
-// sendFds(path, fds): connects a unix stream socket to `path` and sends the
+// sendFds(path, fds): connects a unix stream socket to `path`, sends the
 // descriptors in one message (SCM_RIGHTS, unix(7)) with one byte of data,
-// then closes it. Each file is referenced by the message while in flight and
+// and returns the connected socket (close-on-exec), on which the receiver
+// acknowledges. Each file is referenced by the message while in flight and
 // then by the receiver, so the sender closing its own descriptors afterwards
 // does not close the connections: tcp_close runs on a socket's last
-// reference (__fput -> sock_close). At most SCM_MAX_FD (253) per call.
-// Blocking, bounded by SO_SNDTIMEO (1 s); a unix stream connect() to a
-// listening socket completes at once or fails.
+// reference (__fput -> sock_close). A message the receiver never takes is
+// dropped with its references when the receiving socket closes. At most
+// SCM_MAX_FD (253) per call. Blocking, bounded by SO_SNDTIMEO (1 s); a unix
+// stream connect() to a listening socket completes at once or fails.
 Napi::Value SendFds(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsString() || !info[1].IsArray()) {
@@ -266,10 +268,12 @@ Napi::Value SendFds(const Napi::CallbackInfo& info) {
   do {
     n = sendmsg(s, &msg, MSG_NOSIGNAL);
   } while (n < 0 && errno == EINTR);
-  int err = errno;
-  close(s);
-  if (n < 0) return ThrowErrno(env, "sendmsg", err);
-  return env.Undefined();
+  if (n < 0) {
+    int err = errno;
+    close(s);
+    return ThrowErrno(env, "sendmsg", err);
+  }
+  return Napi::Number::New(env, s);
 }
 
 // recvFds(fd): one message from a unix stream socket, without waiting:

@@ -42,7 +42,7 @@ interface Addon {
   dup2(fd: number, target: number): void;
   flock(fd: number, exclusive: boolean, wait: boolean): boolean;
   peerCredentials(fd: number): PeerCredentials;
-  sendFds(path: string, fds: number[]): void;
+  sendFds(path: string, fds: number[]): number;
   recvFds(fd: number): ReceivedFds | null;
   tcpListeners(port: number): DiagListener[] | null;
 }
@@ -282,8 +282,8 @@ export const dup2Fd = (fd: number, target: number): void => call(() => load().ad
 export const flock = (fd: number, exclusive: boolean, wait: boolean): boolean =>
   call(() => load().addon.flock(fd, exclusive, wait));
 export const peerCredentials = (fd: number): PeerCredentials => call(() => load().addon.peerCredentials(fd));
-/** Sends descriptors over a new connection to the unix socket at `path` (SCM_RIGHTS); at most 253. */
-export const sendFds = (path: string, fds: number[]): void => call(() => load().addon.sendFds(path, fds));
+/** Sends descriptors over a new connection to the unix socket at `path` (SCM_RIGHTS), at most 253; returns that connection. */
+export const sendFds = (path: string, fds: number[]): number => call(() => load().addon.sendFds(path, fds));
 /** One message of descriptors from a unix socket, without waiting: null if none has arrived yet. */
 export const recvFds = (fd: number): ReceivedFds | null => call(() => load().addon.recvFds(fd));
 /** Listening sockets on `port` in this network namespace; null where netlink is refused. */

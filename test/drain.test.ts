@@ -133,6 +133,36 @@ describe('drain', () => {
     for (const s of sockets) s.destroy();
   });
 
+  test("a handed-over connection keeps the old server's keep-alive timeout in the new process", async () => {
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--env', 'KEEP_ALIVE_MS=1500');
+    const s = await rawConnection();
+    assert.equal((await ask(s)).body, `v1 ${s.localPort}`);
+    let got = '';
+    s.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    const closed = new Promise<number>((resolve) => s.once('close', () => resolve(Date.now())));
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--env', 'KEEP_ALIVE_MS=1500', '--handshake-grace', '200ms');
+    await waitUntil(() => /handed 1 idle keep-alive connection/.test(v1Log()), 10_000, 'v1 to hand the connection over');
+    const handedAt = Date.now();
+    // Without a timeout of its own, Node would keep it until headersTimeout (60 s) and then write a 408.
+    const closedAt = await Promise.race([closed, new Promise<number>((resolve) => setTimeout(() => resolve(-1), 10_000))]);
+    assert.notEqual(closedAt, -1, 'v2 closes the idle connection');
+    assert.ok(closedAt - handedAt < 5_000, `closed ${closedAt - handedAt} ms after the hand-over`);
+    assert.equal(got, '', 'closed without a word (no 408)');
+  });
+
+  test('a new process that goes away without taking the connections: the old one serves them on', async () => {
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v1');
+    const s = await rawConnection();
+    assert.equal((await ask(s)).body, `v1 ${s.localPort}`);
+    // v2 passes health, goes live, then hangs 1.5 s (its hand-over socket listens,
+    // nothing takes the message) and exits; its keeper restarts it.
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--env', 'HANG_AFTER_LIVE_MS=1500', '--handshake-grace', '200ms');
+    await new Promise((resolve) => setTimeout(resolve, 600)); // the drain has sent the connection by now
+    const answer = await ask(s); // waits in the kernel until v1 reads again
+    assert.equal(answer.body, `v1 ${s.localPort}`, 'v1 answers: the connection came back to it');
+    s.destroy();
+  });
+
   test('with --instances 2, handed-over connections are spread over the new processes', async () => {
     await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--instances', '2');
     const sockets = await Promise.all(Array.from({ length: 6 }, () => rawConnection()));

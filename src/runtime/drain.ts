@@ -65,8 +65,29 @@ export function countInflight(tracked: Tracked): number {
   return n;
 }
 
-/** Hands over the idle ones among the given connections (handoff.ts, handOffIdle bound to its targets). */
-export type HandOff = (sockets: Iterable<net.Socket>) => HandOffResult;
+/** Hands over the idle ones among the given connections; `settled` once per batch (handoff.ts, handOffIdle bound to its targets). */
+export type HandOff = (sockets: Iterable<net.Socket>, settled: (result: HandOffResult) => void) => void;
+
+const idleArmed = new WeakSet<net.Socket>();
+const clearsIdleTimeouts = new WeakSet<net.Server>();
+
+/**
+ * Closes `socket` after `ms` without a request, until its next request
+ * arrives. Node arms keepAliveTimeout itself only after an answer, and on
+ * the next request clears only a timeout it armed (keepAliveTimeoutSet in
+ * lib/_http_server.js): one set here would stay armed through that request
+ * and destroy it if it took longer.
+ */
+export function idleTimeoutUntilRequest(server: net.Server, socket: net.Socket, ms: number): void {
+  if (!clearsIdleTimeouts.has(server)) {
+    clearsIdleTimeouts.add(server);
+    server.prependListener('request', (req: http.IncomingMessage) => {
+      if (idleArmed.delete(req.socket)) req.socket.setTimeout((server as net.Server & { timeout?: number }).timeout ?? 0);
+    });
+  }
+  idleArmed.add(socket);
+  socket.setTimeout(ms);
+}
 
 /** While handing over, the connections left are tried again this often, for twice CLOSE_SPREAD_MS. */
 const HANDOFF_RETRY_MS = 5;
@@ -102,28 +123,34 @@ export async function drainServer(tracked: Tracked, timeoutMs: number, onListene
   let handing = handOff !== null;
   const turn = new Map<net.Socket, number>();
   [...sockets].forEach((socket, i, all) => turn.set(socket, started + (spreadMs * i) / all.length));
-  const attempt = (candidates: Iterable<net.Socket>): void => {
-    if (!handing || !handOff) return;
-    const now = Date.now();
-    const r = handOff([...candidates].filter((s) => (turn.get(s) ?? started) <= now));
-    handedOver += r.handed;
-    if (r.error !== null) handing = false;
-  };
-  // Between this answer and the client's next request (setImmediate: after
-  // the write, before the loop next reads).
-  const afterAnswer = (res: http.ServerResponse, socket: net.Socket): void => {
-    if (handing) res.once('finish', () => setImmediate(() => attempt([socket])));
-  };
-  attempt(sockets);
   const handUntil = started + 2 * spreadMs;
   const closeAt = new Map<net.Socket, number>();
-  for (const socket of sockets) closeAt.set(socket, handing ? handUntil : (turn.get(socket) as number));
   const closeEach = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     if (Date.now() >= (closeAt.get(req.socket) ?? started)) res.shouldKeepAlive = false;
     else afterAnswer(res, req.socket);
   };
   tracked.closeEach = closeEach;
   server.prependListener('request', closeEach);
+  const attempt = (candidates: Iterable<net.Socket>): void => {
+    // Not once the drain is cancelled (parked, then live again).
+    if (!handing || !handOff || tracked.closeEach !== closeEach) return;
+    const now = Date.now();
+    handOff(
+      [...candidates].filter((s) => (turn.get(s) ?? started) <= now),
+      (r) => {
+        handedOver += r.handed;
+        if (r.error !== null) handing = false;
+      },
+    );
+  };
+  // Between this answer and the client's next request (setImmediate: after
+  // the write, before the loop next reads).
+  const afterAnswer = (res: http.ServerResponse, socket: net.Socket): void => {
+    if (handing) res.once('finish', () => setImmediate(() => attempt([socket])));
+  };
+  // (A send that fails at once reports so before this returns.)
+  attempt(sockets);
+  for (const socket of sockets) closeAt.set(socket, handing ? handUntil : (turn.get(socket) as number));
   const idleMs = Math.max(1, httpServer.keepAliveTimeout || 5000);
   for (const socket of sockets) {
     const res = currentResponse(socket);
@@ -131,7 +158,7 @@ export async function drainServer(tracked: Tracked, timeoutMs: number, onListene
     else if (res) afterAnswer(res, socket);
     // Node arms keepAliveTimeout only after a response; a connection that has
     // never carried a request gets the same idle limit here.
-    if (!res) socket.setTimeout(idleMs);
+    if (!res) idleTimeoutUntilRequest(server, socket, idleMs);
   }
   for (const session of sessions) session.close(); // sends GOAWAY, lets open streams finish
 

@@ -1,25 +1,35 @@
 // Keep-alive connections handed from a draining app process to the new
 // version, so that their clients never reconnect.
 //
-// Invariant: a connection is handed over only when no byte of a request is
-// inside this process, and no byte of a response is still queued in it:
-// - its HTTP parser is between two messages. Node's http server keeps every
-//   parser in a ConnectionsList, and idle() lists those whose last message
-//   is complete and whose next has not begun (node_http_parser.cc:
-//   on_message_begin sets last_message_start_, on_message_complete clears
-//   it); a request read in part has begun, and so has a pipelined one;
+// Invariant: a connection is served by exactly one process at a time, and
+// is handed over only when no byte of a request is inside this process and
+// no byte of a response is still queued in it:
+// - its HTTP parser is between two messages (or it has read nothing at
+//   all). Node's http server keeps every parser in a ConnectionsList, and
+//   idle() lists those whose last message is complete and whose next has
+//   not begun (node_http_parser.cc: on_message_begin sets
+//   last_message_start_, on_message_complete clears it); a request read in
+//   part has begun, and so has a pipelined one;
 // - no response is in progress (socket._httpMessage), nothing waits in the
-//   socket's write queue, and nothing sits unread in its JS buffer;
+//   socket's write queue or its JS buffer, and the socket is not being
+//   ended (a `Connection: close` answer shuts it down after the write);
 // - reading stops (readStop) in the same tick as these checks, so nothing
 //   more is read here. Bytes the client sends from then on wait in the
 //   socket's kernel receive queue, which travels with the socket.
-// The descriptor goes to the new process over a unix socket (SCM_RIGHTS);
-// closing ours afterwards sends no FIN, as the socket's last reference is
-// now in the new process. A connection that cannot be handed over (busy,
-// TLS, HTTP/2, an upgraded one, a send that failed) is closed the usual way
-// (drain.ts: `Connection: close`). Plain HTTP/1 servers only, on both sides.
+// The descriptors go to the new process over a unix socket (SCM_RIGHTS).
+// It takes them and, in the same tick, before it can read from any of them,
+// writes one byte back. Only then are ours closed; closing them sends no
+// FIN, as each socket's last reference is now in the new process. If the
+// new process goes away without that byte, it cannot have read from them
+// (a message it never took is dropped with its references): this process
+// reads again and serves them as before. A connection that cannot be handed
+// over (busy, TLS, HTTP/2, an upgraded one, a send that failed) is closed
+// the usual way (drain.ts: `Connection: close`). Plain HTTP/1 servers only,
+// on both sides.
 import fs from 'node:fs';
+import type http from 'node:http';
 import net from 'node:net';
+import { idleTimeoutUntilRequest } from './drain';
 
 type Native = typeof import('../native');
 
@@ -55,6 +65,9 @@ function handleOf(socket: net.Socket): HandleInternals | undefined {
   return (socket as net.Socket & { _handle?: HandleInternals })._handle;
 }
 
+/** Sockets sent and not yet acknowledged: not to be sent again. */
+const awaitingAck = new WeakSet<net.Socket>();
+
 /**
  * Sockets of `candidates` that are between requests, with reading stopped
  * (see the invariant at the top). The caller hands them over or resumes them.
@@ -67,8 +80,11 @@ function takeIdle(server: net.Server, candidates: Iterable<net.Socket>): net.Soc
   for (const socket of candidates) {
     const handle = handleOf(socket);
     const busy =
-      !idle.has(socket) ||
+      awaitingAck.has(socket) ||
+      !(idle.has(socket) || socket.bytesRead === 0) ||
       socket.destroyed ||
+      !socket.writable ||
+      socket.writableEnded ||
       (socket as net.Socket & { _httpMessage?: unknown })._httpMessage ||
       socket.writableLength > 0 ||
       socket.readableLength > 0 ||
@@ -84,18 +100,29 @@ function takeIdle(server: net.Server, candidates: Iterable<net.Socket>): net.Soc
 }
 
 export interface HandOffResult {
+  /** Connections the new process acknowledged (destroyed here, without a FIN). */
   handed: number;
-  /** The first error of a send, if any (the sockets concerned keep being served here). */
+  /** Why a batch did not go (its sockets are served here again), else null. */
   error: Error | null;
 }
 
 /**
  * Hands the idle sockets among `candidates` to the processes listening on
- * `targets` (round robin, one message per target). Sockets handed over are
- * destroyed here (no FIN: see the top) and leave `candidates`' owner through
- * their 'close' event; the others, and those of a failed send, read again.
+ * `targets` (round robin, one message per target and at most MAX_FDS).
+ * `settled` is called once per batch: when the receiver acknowledged (the
+ * sockets are then destroyed here and leave their owner through 'close'),
+ * or with the error of a send that failed or went unacknowledged (the
+ * sockets then read again here). Sockets awaiting an acknowledgement are
+ * skipped by later calls.
  */
-export function handOffIdle(native: Native, server: net.Server, candidates: Iterable<net.Socket>, targets: string[], first = 0): HandOffResult {
+export function handOffIdle(
+  native: Native,
+  server: net.Server,
+  candidates: Iterable<net.Socket>,
+  targets: string[],
+  first: number,
+  settled: (result: HandOffResult) => void,
+): void {
   const taken = takeIdle(server, candidates);
   const batches = new Map<string, net.Socket[]>();
   taken.forEach((socket, i) => {
@@ -104,23 +131,45 @@ export function handOffIdle(native: Native, server: net.Server, candidates: Iter
     batch.push(socket);
     batches.set(target, batch);
   });
-  let handed = 0;
-  let error: Error | null = null;
+  const resume = (chunk: net.Socket[]): void => {
+    for (const socket of chunk) handleOf(socket)?.readStart?.();
+  };
   for (const [target, sockets] of batches) {
     for (let i = 0; i < sockets.length; i += MAX_FDS) {
       const chunk = sockets.slice(i, i + MAX_FDS);
+      let conn: number;
       try {
-        native.sendFds(target, chunk.map((s) => handleOf(s)?.fd as number));
+        conn = native.sendFds(target, chunk.map((s) => handleOf(s)?.fd as number));
       } catch (err) {
-        error ??= err as Error;
-        for (const socket of chunk) handleOf(socket)?.readStart?.();
+        resume(chunk);
+        settled({ handed: 0, error: err as Error });
         continue;
       }
-      for (const socket of chunk) socket.destroy();
-      handed += chunk.length;
+      for (const socket of chunk) awaitingAck.add(socket);
+      whenAcknowledged(conn, (acknowledged) => {
+        for (const socket of chunk) awaitingAck.delete(socket);
+        if (acknowledged) {
+          for (const socket of chunk) socket.destroy();
+          settled({ handed: chunk.length, error: null });
+        } else {
+          resume(chunk);
+          settled({ handed: 0, error: new Error(`${target} closed without taking the connections`) });
+        }
+      });
     }
   }
-  return { handed, error };
+}
+
+/** Waits on the hand-over connection `fd` for the receiver's one byte (true) or its close without one (false). */
+function whenAcknowledged(fd: number, done: (acknowledged: boolean) => void): void {
+  const conn = new net.Socket({ fd, readable: true, writable: true });
+  let acknowledged = false;
+  conn.once('data', () => {
+    acknowledged = true;
+    conn.destroy();
+  });
+  conn.on('error', () => undefined); // ends in 'close'
+  conn.once('close', () => done(acknowledged));
 }
 
 /**
@@ -160,9 +209,12 @@ export function receiveHandOffs(native: Native, server: net.Server, socketPath: 
         else conn.destroy();
         return;
       }
-      if (got.truncated) log('a hand-over message carried more connections than fit; the rest were closed by the kernel');
+      if (got.truncated) log('the kernel dropped connections of a hand-over message (out of descriptors?); their clients see them close');
       for (const received of got.fds) adopt(server, received, log);
-      conn.destroy();
+      // The acknowledgement, in the tick that adopted them: none has been
+      // read from yet, so until it arrives the sender may still serve them.
+      if (got.fds.length > 0) conn.write('A', () => conn.destroy());
+      else conn.destroy();
     };
     receive();
   });
@@ -186,5 +238,15 @@ function adopt(server: net.Server, fd: number, log: (m: string) => void): void {
     }
     return;
   }
-  server.emit('connection', socket);
+  try {
+    server.emit('connection', socket);
+  } catch (err) {
+    // An app's own 'connection' listener threw; the next connections must still be taken.
+    log(`a 'connection' listener of the app threw on a handed-over connection: ${(err as Error).message}`);
+  }
+  // The client was promised the old server's keep-alive timeout; a new
+  // parser counts the connection as active, not idle, so Node would
+  // otherwise leave it to headersTimeout (and answer 408).
+  const keepAliveMs = (server as http.Server).keepAliveTimeout;
+  if (keepAliveMs > 0 && !socket.destroyed) idleTimeoutUntilRequest(server, socket, keepAliveMs);
 }

@@ -210,7 +210,7 @@ function install(config: RuntimeConfig): void {
       const targets = Array.isArray(message.handoff) ? message.handoff : [];
       const first = process.pid; // several old processes spread their connections over the new ones
       const handOff: HandOff | null =
-        targets.length > 0 && canHandOff(server, gated.tls, gated.h2) ? (sockets) => handOffIdle(native(), server, sockets, targets, first) : null;
+        targets.length > 0 && canHandOff(server, gated.tls, gated.h2) ? (sockets, settled) => handOffIdle(native(), server, sockets, targets, first, settled) : null;
       void drainServer(gated.tracked, message.timeoutMs, () => send({ rd: 'listener-closed' }), handOff).then((result) => {
         if (result !== null) send({ rd: 'drained', forced: result.forced, handedOver: result.handedOver });
       });
