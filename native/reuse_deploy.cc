@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <string>
@@ -214,6 +215,106 @@ Napi::Value Flock(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, true);
 }
 
+// sendFds(path, fds): connects a unix stream socket to `path`, sends the
+// descriptors in one message (SCM_RIGHTS, unix(7)) with one byte of data,
+// and returns the connected socket (close-on-exec), on which the receiver
+// acknowledges. Each file is referenced by the message while in flight and
+// then by the receiver, so the sender closing its own descriptors afterwards
+// does not close the connections: tcp_close runs on a socket's last
+// reference (__fput -> sock_close). A message the receiver never takes is
+// dropped with its references when the receiving socket closes. At most
+// SCM_MAX_FD (253) per call. Blocking, bounded by SO_SNDTIMEO (1 s); a unix
+// stream connect() to a listening socket completes at once or fails.
+Napi::Value SendFds(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsArray()) {
+    Napi::TypeError::New(env, "sendFds(path, fds)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  Napi::Array list = info[1].As<Napi::Array>();
+  std::vector<int> fds;
+  for (uint32_t i = 0; i < list.Length(); i++) fds.push_back(list.Get(i).As<Napi::Number>().Int32Value());
+  sockaddr_un addr{};
+  if (fds.empty() || fds.size() > 253 || path.size() >= sizeof addr.sun_path) {
+    Napi::RangeError::New(env, "sendFds: 1 to 253 descriptors and a path shorter than sun_path").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  addr.sun_family = AF_UNIX;
+  memcpy(addr.sun_path, path.c_str(), path.size());
+  int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return ThrowErrno(env, "socket", errno);
+  timeval tv{1, 0};
+  setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  if (connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
+    int err = errno;
+    close(s);
+    return ThrowErrno(env, "connect", err);
+  }
+  char byte = 'H';
+  iovec iov{&byte, 1};
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
+  ssize_t n;
+  do {
+    n = sendmsg(s, &msg, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    int err = errno;
+    close(s);
+    return ThrowErrno(env, "sendmsg", err);
+  }
+  return Napi::Number::New(env, s);
+}
+
+// recvFds(fd): one message from a unix stream socket, without waiting:
+// the descriptors it carries (close-on-exec), or null when nothing has
+// arrived yet (EAGAIN). {fds: [], eof: true} once the sender has closed.
+Napi::Value RecvFds(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!ArgsAreNumbers(info, 1)) return env.Undefined();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  char byte;
+  iovec iov{&byte, 1};
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * 253));
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  ssize_t n;
+  do {
+    n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return env.Null();
+  if (n < 0) return ThrowErrno(env, "recvmsg", errno);
+  Napi::Array fds = Napi::Array::New(env);
+  uint32_t count = 0;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < k; i++) {
+      int got;
+      memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      fds.Set(count++, Napi::Number::New(env, got));
+    }
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("fds", fds);
+  out.Set("eof", Napi::Boolean::New(env, n == 0));
+  out.Set("truncated", Napi::Boolean::New(env, (msg.msg_flags & MSG_CTRUNC) != 0));
+  return out;
+}
+
 // peerCredentials(fd): {pid, uid, gid} of the process on the other end of a
 // unix socket, as the kernel recorded it at connect() (SO_PEERCRED).
 Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
@@ -323,6 +424,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("dup2", Napi::Function::New(env, Dup2));
   exports.Set("flock", Napi::Function::New(env, Flock));
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials));
+  exports.Set("sendFds", Napi::Function::New(env, SendFds));
+  exports.Set("recvFds", Napi::Function::New(env, RecvFds));
   exports.Set("tcpListeners", Napi::Function::New(env, TcpListeners));
   return exports;
 }

@@ -104,6 +104,7 @@ cli
   .option('--health-timeout <duration>', 'Time to boot, listen and pass health (default: 30s)')
   .option('--drain-timeout <duration>', 'Time the old version gets to finish its requests (default: 30s)')
   .option('--handshake-grace <duration>', 'Wait for handshakes in flight to the old listener before it closes (default: 1s)')
+  .option('--no-handoff', 'Close the old version\'s idle keep-alive connections (clients reconnect) instead of handing them to the new one')
   .option('--warm-up <n>', 'Requests of the health check sent to each new app process before it takes traffic, to warm up its JIT (default: 0, none; see the README before using it)')
   .option('--instances <n>', 'App processes per release, or "max" for one per CPU (default: 1)')
   .option('--env <KEY=VALUE>', 'Environment variable for the app (repeatable)')
@@ -145,7 +146,8 @@ cli
         if (entry !== undefined) {
           // Defaults from the app's config file; flags given on the command line win.
           const config = loadConfig(resolveEntry(entry, flags.root === undefined ? undefined : String(flags.root)).root);
-          for (const [key, value] of Object.entries(config.flags)) if (flags[key] === undefined) flags[key] = value;
+          // (cac reports --no-handoff's default, true, when it was not given.)
+          for (const [key, value] of Object.entries(config.flags)) if (flags[key] === undefined || (key === 'handoff' && flags.handoff === true)) flags[key] = value;
           if (config.file) progress.info(`using settings from ${config.file}`);
         }
         const list = (v: unknown): string[] | undefined => (v === undefined ? undefined : ([] as unknown[]).concat(v).map(String));
@@ -169,6 +171,7 @@ cli
             healthTimeoutMs: parseDuration('health-timeout', flags.healthTimeout, 30_000),
             drainTimeoutMs: parseDuration('drain-timeout', flags.drainTimeout, 30_000),
             handshakeGraceMs: parseDuration('handshake-grace', flags.handshakeGrace, 1_000),
+            handoff: flags.handoff !== false,
             warmUpRequests: parseWarmUp(flags.warmUp),
             parkMs: parseDuration('park', flags.park, 0),
             keep: parseKeep(flags.keep),
@@ -202,6 +205,7 @@ cli
             healthTimeoutMs: parseDuration('health-timeout', flags.healthTimeout, 30_000),
             drainTimeoutMs: 30_000,
             handshakeGraceMs: 1_000,
+            handoff: true,
             warmUpRequests: parseWarmUp(undefined),
             parkMs: 0,
             keep: Number.MAX_SAFE_INTEGER,

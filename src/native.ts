@@ -42,7 +42,18 @@ interface Addon {
   dup2(fd: number, target: number): void;
   flock(fd: number, exclusive: boolean, wait: boolean): boolean;
   peerCredentials(fd: number): PeerCredentials;
+  sendFds(path: string, fds: number[]): number;
+  recvFds(fd: number): ReceivedFds | null;
   tcpListeners(port: number): DiagListener[] | null;
+}
+
+/** One message from recvFds: the descriptors it carried. */
+export interface ReceivedFds {
+  fds: number[];
+  /** The sender closed its end (nothing more will come). */
+  eof: boolean;
+  /** The kernel dropped descriptors that did not fit (MSG_CTRUNC): a sender sent more than 253. */
+  truncated: boolean;
 }
 
 /** A listening TCP socket, from NETLINK_SOCK_DIAG. */
@@ -271,5 +282,9 @@ export const dup2Fd = (fd: number, target: number): void => call(() => load().ad
 export const flock = (fd: number, exclusive: boolean, wait: boolean): boolean =>
   call(() => load().addon.flock(fd, exclusive, wait));
 export const peerCredentials = (fd: number): PeerCredentials => call(() => load().addon.peerCredentials(fd));
+/** Sends descriptors over a new connection to the unix socket at `path` (SCM_RIGHTS), at most 253; returns that connection. */
+export const sendFds = (path: string, fds: number[]): number => call(() => load().addon.sendFds(path, fds));
+/** One message of descriptors from a unix socket, without waiting: null if none has arrived yet. */
+export const recvFds = (fd: number): ReceivedFds | null => call(() => load().addon.recvFds(fd));
 /** Listening sockets on `port` in this network namespace; null where netlink is refused. */
 export const tcpListeners = (port: number): DiagListener[] | null => call(() => load().addon.tcpListeners(port));

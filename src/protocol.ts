@@ -15,6 +15,7 @@ export const ENV = {
   keeperPid: 'REUSE_DEPLOY_KEEPER_PID',
   port: 'REUSE_DEPLOY_PORT',
   probe: 'REUSE_DEPLOY_PROBE_SOCKET',
+  handoff: 'REUSE_DEPLOY_HANDOFF_SOCKET',
   live: 'REUSE_DEPLOY_LIVE',
 } as const;
 
@@ -26,7 +27,8 @@ export type KeeperMessage =
   | { rd: 'live' }
   /** Listen again on fd 4 after a drain: the process was parked. */
   | { rd: 'unpark' }
-  | { rd: 'drain'; timeoutMs: number }
+  /** `handoff`: the new version's hand-over sockets, for idle keep-alive connections (src/runtime/handoff.ts). */
+  | { rd: 'drain'; timeoutMs: number; handoff: string[] }
   | { rd: 'stats' };
 
 /** app -> keeper */
@@ -36,7 +38,7 @@ export type AppMessage =
   | { rd: 'listen-error'; message: string; code?: string }
   | { rd: 'other-port'; port: number }
   | { rd: 'listener-closed' }
-  | { rd: 'drained'; forced: number }
+  | { rd: 'drained'; forced: number; handedOver: number }
   | { rd: 'stats'; connections: number; inflight: number };
 
 export function isAppMessage(m: unknown): m is AppMessage {
@@ -85,6 +87,14 @@ export const CLI_NICE = 19;
 /** The private probe socket of app process `slot` of an instance (KeeperConfig.probeSocketPrefix). */
 export function probeSocketPath(prefix: string, slot: number): string {
   return `${prefix}${slot}.sock`;
+}
+
+/**
+ * Where app process `slot` of an instance takes keep-alive connections
+ * handed over by the version it replaces (src/runtime/handoff.ts), once live.
+ */
+export function handoffSocketPath(prefix: string, slot: number): string {
+  return `${prefix}${slot}-handoff.sock`;
 }
 
 export type AppState = 'starting' | 'gated' | 'live' | 'draining' | 'parked' | 'exited' | 'failed';

@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import http2 from 'node:http2';
+import net from 'node:net';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { Agent, request } from 'undici';
@@ -54,6 +55,54 @@ function keepAliveLoad(clients: number) {
   };
 }
 
+/** A plain TCP connection to the app, so that a test sees each connection's own answers (and any close). */
+function rawConnection(): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(t.port, '127.0.0.1', () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+/** Sends `text` (by default a whole GET /peer) and reads one answer. */
+function ask(s: net.Socket, text = 'GET /peer HTTP/1.1\r\nhost: localhost\r\n\r\n'): Promise<{ body: string; connection: string }> {
+  return new Promise((resolve, reject) => {
+    let got = '';
+    const onData = (d: Buffer) => {
+      got += d.toString('latin1');
+      const end = got.indexOf('\r\n\r\n');
+      const length = /\r\ncontent-length: (\d+)/i.exec(got);
+      if (end < 0 || !length || got.length < end + 4 + Number(length[1])) return;
+      s.off('data', onData);
+      s.off('close', onClose);
+      resolve({ body: got.slice(end + 4), connection: (/\r\nconnection: ([^\r]*)/i.exec(got) ?? [])[1] ?? '' });
+    };
+    const onClose = () => reject(new Error(`connection closed; got ${JSON.stringify(got)}`));
+    s.on('data', onData);
+    s.once('close', onClose);
+    s.write(text);
+  });
+}
+
+/**
+ * Asks on `s` until v2 answers (v1 does until the drain hands the
+ * connection over: the grace, then its turn in the spread); every answer
+ * must come over this same connection.
+ */
+async function askUntilV2(s: net.Socket): Promise<string> {
+  let body = '';
+  for (const deadline = Date.now() + 10_000; Date.now() < deadline && !body.startsWith('v2 '); ) {
+    body = (await ask(s)).body;
+    assert.match(body, new RegExp(`^v[12] ${s.localPort}$`));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  return body;
+}
+
+/** The first release's keeper log. */
+function v1Log(): string {
+  return fs.readFileSync(path.join(t.stateDir, 'app', 'logs', 'r1.log'), 'utf8');
+}
+
 describe('drain', () => {
   test('keep-alive clients see no error across a cutover, even when the app exits harshly on SIGTERM', async () => {
     await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--env', 'HARSH_SIGTERM=1');
@@ -66,7 +115,94 @@ describe('drain', () => {
     assert.deepEqual(load.errors, []);
   });
 
-  test('keep-alive connections are asked to close in turns, not all at once', async () => {
+  test('idle keep-alive connections are handed to the new version: the same connections reach it', async () => {
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v1');
+    // Raw sockets, so that the test sees each connection's own answers (and any close).
+    const sockets = await Promise.all(Array.from({ length: 4 }, () => rawConnection()));
+    const closed: number[] = [];
+    sockets.forEach((s, i) => s.once('close', () => closed.push(i)));
+    for (const s of sockets) assert.equal((await ask(s)).body, `v1 ${s.localPort}`);
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '200ms');
+    await waitUntil(() => /handed 4 idle keep-alive connection/.test(v1Log()), 10_000, 'v1 to hand its connections over');
+    for (const s of sockets) {
+      const answer = await ask(s);
+      assert.equal(answer.body, `v2 ${s.localPort}`, 'the same connection now reaches v2');
+      assert.equal(answer.connection, 'keep-alive');
+    }
+    assert.deepEqual(closed, [], 'no connection was closed');
+    for (const s of sockets) s.destroy();
+  });
+
+  test("a handed-over connection keeps the old server's keep-alive timeout in the new process", async () => {
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--env', 'KEEP_ALIVE_MS=1500');
+    const s = await rawConnection();
+    assert.equal((await ask(s)).body, `v1 ${s.localPort}`);
+    let got = '';
+    s.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    const closed = new Promise<number>((resolve) => s.once('close', () => resolve(Date.now())));
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--env', 'KEEP_ALIVE_MS=1500', '--handshake-grace', '200ms');
+    await waitUntil(() => /handed 1 idle keep-alive connection/.test(v1Log()), 10_000, 'v1 to hand the connection over');
+    const handedAt = Date.now();
+    // Without a timeout of its own, Node would keep it until headersTimeout (60 s) and then write a 408.
+    const closedAt = await Promise.race([closed, new Promise<number>((resolve) => setTimeout(() => resolve(-1), 10_000))]);
+    assert.notEqual(closedAt, -1, 'v2 closes the idle connection');
+    assert.ok(closedAt - handedAt < 5_000, `closed ${closedAt - handedAt} ms after the hand-over`);
+    assert.equal(got, '', 'closed without a word (no 408)');
+  });
+
+  test('a new process that goes away without taking the connections: the old one serves them on', async () => {
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v1');
+    const s = await rawConnection();
+    assert.equal((await ask(s)).body, `v1 ${s.localPort}`);
+    // v2 passes health, goes live, then hangs 1.5 s (its hand-over socket listens,
+    // nothing takes the message) and exits; its keeper restarts it.
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--env', 'HANG_AFTER_LIVE_MS=1500', '--handshake-grace', '200ms');
+    await new Promise((resolve) => setTimeout(resolve, 600)); // the drain has sent the connection by now
+    const answer = await ask(s); // waits in the kernel until v1 reads again
+    assert.equal(answer.body, `v1 ${s.localPort}`, 'v1 answers: the connection came back to it');
+    s.destroy();
+  });
+
+  test('with --instances 2, handed-over connections are spread over the new processes', async () => {
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--instances', '2');
+    const sockets = await Promise.all(Array.from({ length: 6 }, () => rawConnection()));
+    for (const s of sockets) assert.match((await ask(s)).body, /^v1 /);
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--instances', '2', '--handshake-grace', '200ms');
+    // (The kernel spread the six over the two v1 processes by hash, maybe unevenly.)
+    const handed = () => [...v1Log().matchAll(/handed (\d+) idle keep-alive/g)].reduce((sum, m) => sum + Number(m[1]), 0);
+    await waitUntil(() => handed() === 6, 10_000, 'the v1 processes to hand all six over');
+    const pids = new Set<string>();
+    for (const s of sockets) {
+      const answer = await ask(s, 'GET / HTTP/1.1\r\nhost: localhost\r\n\r\n');
+      assert.match(answer.body, /^v2 \d+$/, 'the same connection now reaches v2');
+      pids.add(answer.body);
+    }
+    assert.equal(pids.size, 2, `both v2 processes got connections (${[...pids].join(', ')})`);
+    for (const s of sockets) s.destroy();
+  });
+
+  test('a connection with part of a request read stays with the old version, which answers it, and then moves', async () => {
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v1');
+    const [idle, partial] = [await rawConnection(), await rawConnection()];
+    for (const s of [idle, partial]) assert.equal((await ask(s)).body, `v1 ${s.localPort}`);
+    // The first half of a request: v1's parser has begun a message on it.
+    partial.write('GET /peer HTTP/1.1\r\nhost: loc');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '200ms');
+    assert.equal(await askUntilV2(idle), `v2 ${idle.localPort}`, 'the idle connection went to v2');
+    const answer = await ask(partial, 'alhost\r\n\r\n');
+    assert.equal(answer.body, `v1 ${partial.localPort}`, 'v1 answers the request it had begun reading');
+    if (answer.connection === 'keep-alive') {
+      assert.equal(await askUntilV2(partial), `v2 ${partial.localPort}`, 'after its turn, the connection moves to v2');
+      await waitUntil(() => /app 0 handed 2 idle keep-alive connection/.test(v1Log()), 10_000, 'v1 to report both connections handed over');
+    } else {
+      // On a slow host the answer may come after the hand-over's time (twice the 500 ms spread).
+      assert.equal(answer.connection, 'close');
+    }
+    for (const s of [idle, partial]) s.destroy();
+  });
+
+  test('with --no-handoff, keep-alive connections are asked to close in turns, not all at once', async () => {
     await deploy('drain-app.js', '--env', 'APP_VERSION=v1');
     // Six connections of their own, one request each every 20 ms.
     const clients = Array.from({ length: 6 }, () => new Agent({ connections: 1, keepAliveTimeout: 30_000 }));
@@ -86,7 +222,7 @@ describe('drain', () => {
       }
     });
     await new Promise((resolve) => setTimeout(resolve, 300));
-    await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '200ms');
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '200ms', '--no-handoff');
     await waitUntil(() => closedAt.filter((x) => x !== undefined).length === clients.length, 10_000, 'every v1 connection to be asked to close');
     running = false;
     await Promise.all(loops);
@@ -96,23 +232,35 @@ describe('drain', () => {
     assert.ok(Math.max(...closedAt) - Math.min(...closedAt) >= 100, `closes spread out (${closedAt.map((x) => x - Math.min(...closedAt)).join(', ')} ms)`);
   });
 
-  test('a request in flight finishes on the old version, with Connection: close; the drain hook runs', async () => {
-    const marker = path.join(t.stateDir, 'drained.txt');
-    await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--env', 'SLOW_MS=8000', '--env', `DRAIN_MARKER=${marker}`);
-    const agent = new Agent({ keepAliveTimeout: 30_000 });
-    const slow = request(`http://127.0.0.1:${t.port}/slow`, { dispatcher: agent, headersTimeout: 15_000 });
-    await new Promise((resolve) => setTimeout(resolve, 300)); // the request is inside v1 now
-    await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '200ms');
-    const res = await slow;
-    assert.equal(res.statusCode, 200);
-    assert.equal(await res.body.text(), 'v1 slow');
-    assert.equal(res.headers.connection, 'close', 'the old version asks the client to reconnect');
-    await waitUntil(() => fs.existsSync(marker), 5_000, 'the drain hook');
-    assert.equal(fs.readFileSync(marker, 'utf8'), 'v1 drained\n');
-    const next = await request(`http://127.0.0.1:${t.port}/`, { dispatcher: agent });
-    assert.match(await next.body.text(), /^v2 /, 'the next request, on a new connection, reaches v2');
-    await agent.close();
-  });
+  for (const handoff of [true, false]) {
+    test(`a request in flight finishes on the old version; then ${handoff ? 'its connection moves to v2' : 'Connection: close'}; the drain hook runs`, async () => {
+      const marker = path.join(t.stateDir, 'drained.txt');
+      await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--env', 'SLOW_MS=3000', '--env', `DRAIN_MARKER=${marker}`);
+      const agent = new Agent({ keepAliveTimeout: 30_000, connections: 1 });
+      const slow = request(`http://127.0.0.1:${t.port}/slow`, { dispatcher: agent, headersTimeout: 15_000 });
+      await new Promise((resolve) => setTimeout(resolve, 300)); // the request is inside v1 now
+      await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '200ms', ...(handoff ? [] : ['--no-handoff']));
+      const res = await slow;
+      assert.equal(res.statusCode, 200);
+      assert.equal(await res.body.text(), 'v1 slow');
+      await waitUntil(() => fs.existsSync(marker), 5_000, 'the drain hook');
+      assert.equal(fs.readFileSync(marker, 'utf8'), 'v1 drained\n');
+      if (handoff) {
+        // Long after the spread of closes (500 ms): handed over once its answer was written.
+        assert.equal(res.headers.connection, 'keep-alive');
+        const peer = await request(`http://127.0.0.1:${t.port}/peer`, { dispatcher: agent });
+        const [version, port] = (await peer.body.text()).split(' ');
+        assert.equal(version, 'v2', 'the next request reaches v2');
+        const again = await request(`http://127.0.0.1:${t.port}/peer`, { dispatcher: agent });
+        assert.equal(await again.body.text(), `v2 ${port}`, 'over one connection');
+      } else {
+        assert.equal(res.headers.connection, 'close', 'the old version asks the client to reconnect');
+        const next = await request(`http://127.0.0.1:${t.port}/`, { dispatcher: agent });
+        assert.match(await next.body.text(), /^v2 /, 'the next request, on a new connection, reaches v2');
+      }
+      await agent.close();
+    });
+  }
 
   test('HTTP/2 sessions get a GOAWAY; a new session reaches the new version', async () => {
     await deploy('h2-app.js', '--env', 'APP_VERSION=v1', '--warm-up', '10');

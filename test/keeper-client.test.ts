@@ -60,8 +60,8 @@ describe('keeper control client', () => {
     const started = Date.now();
     assert.equal((await keeperWait(socketPath, ['live'], 5_000)).phase, 'live');
     assert.ok(Date.now() - started >= 140, 'the long poll waited for the change');
-    await keeperDrain(socketPath, 30_000, 1_000, 0);
-    assert.deepEqual(drains, [{ timeoutMs: 30_000, graceMs: 1_000, parkMs: 0 }]);
+    await keeperDrain(socketPath, 30_000, 1_000, 0, ['/run/x/ab12-0-handoff.sock']);
+    assert.deepEqual(drains, [{ timeoutMs: 30_000, graceMs: 1_000, parkMs: 0, handoff: ['/run/x/ab12-0-handoff.sock'] }]);
   });
 
   test('no keeper on the socket, or an error answer: rejected with the reason; tryKeeperStatus gives null', async () => {

@@ -41,6 +41,8 @@ export interface DeployInput {
   healthTimeoutMs: number;
   drainTimeoutMs: number;
   handshakeGraceMs: number;
+  /** Idle keep-alive connections go to the new version (false: they are closed, and clients reconnect). */
+  handoff: boolean;
   warmUpRequests: number;
   parkMs: number;
   keep: number;
@@ -190,6 +192,7 @@ export async function deployCommand(input: DeployInput, progress: Progress): Pro
       healthTimeoutMs: input.healthTimeoutMs,
       drainTimeoutMs: input.drainTimeoutMs,
       handshakeGraceMs: input.handshakeGraceMs,
+      handoff: input.handoff,
       warmUpRequests: input.warmUpRequests,
       parkMs: input.parkMs,
     };

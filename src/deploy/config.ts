@@ -14,6 +14,7 @@ const KEYS = {
   healthTimeout: 'healthTimeout',
   drainTimeout: 'drainTimeout',
   handshakeGrace: 'handshakeGrace',
+  handoff: 'handoff',
   warmUp: 'warmUp',
   instances: 'instances',
   env: 'env',
@@ -62,6 +63,9 @@ export function loadConfig(root: string): LoadedConfig {
     if (key === 'env') {
       if (!value || typeof value !== 'object' || Array.isArray(value)) throw usageError(`${file}: "env" must be an object of strings, e.g. { "NODE_ENV": "production" }.`);
       flags.env = Object.entries(value as Record<string, unknown>).map(([k, v]) => `${k}=${String(v)}`);
+    } else if (key === 'handoff') {
+      if (typeof value !== 'boolean') throw usageError(`${file}: "handoff" must be true or false.`);
+      flags.handoff = value;
     } else if (key === 'nodeArgs') {
       if (!Array.isArray(value)) throw usageError(`${file}: "nodeArgs" must be an array of strings.`);
       flags.nodeArg = value.map(String);

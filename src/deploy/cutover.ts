@@ -19,7 +19,7 @@
 // from go-live on, the cutover finishes first (watchSignals).
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DeployError } from '../errors';
-import { probeSocketPath, type KeeperStatus } from '../protocol';
+import { handoffSocketPath, probeSocketPath, type KeeperStatus } from '../protocol';
 import { isHealthy, loadProber, probe, warmUp, type HealthRule, type ProbeResult } from './health';
 import { keeperDrain, keeperLive, keeperUnpark, keeperWait, tryKeeperStatus } from './keeper-client';
 import { logTail, spawnKeeper, stopInstance, waitForKeeper, type Spawned } from './instances';
@@ -37,6 +37,7 @@ export interface CutoverOptions {
   drainTimeoutMs: number;
   /** Time for handshakes in flight to the old listener to complete before it closes. */
   handshakeGraceMs: number;
+  handoff: boolean;
   /** Keep the old release up, closed to traffic, this long for an instant rollback (0: no parking). */
   parkMs: number;
   /** Requests of the health check sent to each new app process after it passed, before go-live (JIT warm-up). */
@@ -311,7 +312,10 @@ async function handOver(
         ? `parking ${old.release} for ${Math.round(options.parkMs / 1000)} s (closed to traffic; \`--previous\` brings it back at once)`
         : `draining ${old.release} (up to ${Math.round(options.drainTimeoutMs / 1000)} s, in the background)`,
     );
-    await keeperDrain(old.controlSocket, options.drainTimeoutMs, options.handshakeGraceMs, options.parkMs).catch((err) =>
+    // Idle keep-alive connections move to the new version's processes
+    // (src/runtime/handoff.ts); a process that cannot take them has no socket there.
+    const handoff = options.handoff ? Array.from({ length: instance.instances }, (_, slot) => handoffSocketPath(instance.probeSocketPrefix, slot)) : [];
+    await keeperDrain(old.controlSocket, options.drainTimeoutMs, options.handshakeGraceMs, options.parkMs, handoff).catch((err) =>
       progress.warn(`could not reach the old instance ${old.id} to drain it: ${(err as Error).message}`),
     );
   }

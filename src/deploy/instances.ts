@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DeployError } from '../errors';
-import { probeSocketPath, type KeeperConfig, type KeeperStatus } from '../protocol';
+import { handoffSocketPath, type KeeperConfig, type KeeperStatus } from '../protocol';
 import { keeperStop, tryKeeperStatus } from './keeper-client';
 import { checkSocketPath, type AppPaths } from './paths';
 import { KEEPER_MAIN, PRELOAD } from '../package-files';
@@ -36,7 +36,8 @@ export function spawnKeeper(paths: AppPaths, release: Release, options: SpawnOpt
   const id = randomBytes(4).toString('hex');
   const controlSocket = path.join(paths.run, `${id}.sock`);
   const probeSocketPrefix = path.join(paths.run, `${id}-`);
-  checkSocketPath(probeSocketPath(probeSocketPrefix, Math.max(0, options.instances - 1)));
+  // The longest of the instance's socket paths.
+  checkSocketPath(handoffSocketPath(probeSocketPrefix, Math.max(0, options.instances - 1)));
   const logFile = logFileOf(paths, release.id);
   const config: KeeperConfig = {
     id,

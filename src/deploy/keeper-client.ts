@@ -76,9 +76,13 @@ export function keeperUnpark(socketPath: string, knownPids: number[]): Promise<K
   return call(socketPath, 'POST', '/unpark', { knownPids }, 15_000);
 }
 
-/** Starts the drain; with parkMs, the release stays up (closed to traffic) that long for an instant rollback. */
-export function keeperDrain(socketPath: string, timeoutMs: number, graceMs: number, parkMs = 0): Promise<unknown> {
-  return call(socketPath, 'POST', '/drain', { timeoutMs, graceMs, parkMs }, 5_000);
+/**
+ * Starts the drain; with parkMs, the release stays up (closed to traffic)
+ * that long for an instant rollback. `handoff`: the new version's hand-over
+ * sockets, which take the idle keep-alive connections.
+ */
+export function keeperDrain(socketPath: string, timeoutMs: number, graceMs: number, parkMs = 0, handoff: string[] = []): Promise<unknown> {
+  return call(socketPath, 'POST', '/drain', { timeoutMs, graceMs, parkMs, handoff }, 5_000);
 }
 
 export function keeperStop(socketPath: string): Promise<unknown> {

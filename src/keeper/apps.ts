@@ -2,7 +2,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
-import { ENV, isAppMessage, probeSocketPath, type AppMessage, type AppStatus, type KeeperConfig, type KeeperMessage } from '../protocol';
+import { ENV, handoffSocketPath, isAppMessage, probeSocketPath, type AppMessage, type AppStatus, type KeeperConfig, type KeeperMessage } from '../protocol';
 
 export interface AppEvents {
   message: [AppMessage];
@@ -51,6 +51,7 @@ export class AppProcess extends EventEmitter<AppEvents> {
       [ENV.keeperPid]: String(process.pid),
       [ENV.port]: String(c.port),
       [ENV.probe]: this.probeSocket(),
+      [ENV.handoff]: handoffSocketPath(this.config.probeSocketPrefix, this.slot),
       [ENV.live]: live ? '1' : '0',
     };
     const child = spawn(process.execPath, [...c.nodeArgs, '--require', c.preload, c.entry, ...c.args], {

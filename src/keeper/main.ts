@@ -264,7 +264,7 @@ function setAutogroupNice(attempts: number): void {
  * flight to this socket (SYN_RECV entries are not migrated on close without
  * net.ipv4.tcp_migrate_req, and get a RST when their final ACK arrives).
  */
-async function drain(timeoutMs: number, graceMs: number, parkMs = 0): Promise<void> {
+async function drain(timeoutMs: number, graceMs: number, parkMs = 0, handoff: string[] = []): Promise<void> {
   if (status.phase === 'draining' || status.phase === 'closed' || status.phase === 'parked') return;
   const wasLive = status.phase === 'live';
   setPhase('draining');
@@ -280,7 +280,7 @@ async function drain(timeoutMs: number, graceMs: number, parkMs = 0): Promise<vo
   // the last reference). Parking keeps our fd: the apps close theirs, then
   // the socket leaves the group but stays bound (unlisten).
   if (!park) closeListener();
-  for (const app of apps) app.send({ rd: 'drain', timeoutMs });
+  for (const app of apps) app.send({ rd: 'drain', timeoutMs, handoff });
   await waitFor(() => apps.every((a) => !a.running || a.status.state === 'draining'), 5_000);
   if (park) {
     unlisten(fd);
@@ -339,7 +339,10 @@ function startApps(c: KeeperConfig): void {
     app.on('message', (m) => {
       if (m.rd === 'gated' && status.phase === 'booting' && allApps('gated')) setPhase('gated');
       else if (m.rd === 'listener-closed') app.status.state = 'draining';
-      else if (m.rd === 'drained') drained.add(app.slot);
+      else if (m.rd === 'drained') {
+        drained.add(app.slot);
+        if (m.handedOver > 0) log(`app ${app.slot} handed ${m.handedOver} idle keep-alive connection(s) to the new version`);
+      }
       else if (m.rd === 'listen-error') log(`app ${app.slot} could not listen: ${m.message}`);
       changes.emit('change');
     });
@@ -445,7 +448,8 @@ async function main(): Promise<void> {
     },
     live: (body) => goLive(Array.isArray(body.knownPids) ? body.knownPids.map(Number) : [], 'gated'),
     unpark: (body) => goLive(Array.isArray(body.knownPids) ? body.knownPids.map(Number) : [], 'parked'),
-    drain: (body) => startDrain(Number(body.timeoutMs ?? 30_000), Number(body.graceMs ?? 0), Number(body.parkMs ?? 0)),
+    drain: (body) =>
+      startDrain(Number(body.timeoutMs ?? 30_000), Number(body.graceMs ?? 0), Number(body.parkMs ?? 0), Array.isArray(body.handoff) ? body.handoff.map(String) : []),
     // The CLI stops a release that never took traffic. One that went live
     // all the same (its go-live answer was lost, say) may hold connections
     // in its accept queue, which a plain close would reset: it drains.
@@ -461,8 +465,8 @@ async function main(): Promise<void> {
   }, c.gateTimeoutMs).unref();
 }
 
-function startDrain(timeoutMs: number, graceMs: number, parkMs: number): void {
-  void drain(timeoutMs, graceMs, parkMs).catch((err) => {
+function startDrain(timeoutMs: number, graceMs: number, parkMs: number, handoff: string[] = []): void {
+  void drain(timeoutMs, graceMs, parkMs, handoff).catch((err) => {
     log(`drain failed: ${(err as Error).message}`);
     shutdown(1);
   });

@@ -6,17 +6,21 @@
 // deferred; health probes reach the app's own request handler through a
 // private unix socket whose connections are injected with
 // `server.emit('connection', socket)` (works for http, https and http2).
+// Once live, a plain HTTP/1 server also takes the idle keep-alive connections
+// of the version it replaces through a second private socket (handoff.ts).
 import type { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import net from 'node:net';
 import type tls from 'node:tls';
 import { APP_LISTEN_FD, ENV, type AppMessage, type KeeperMessage } from '../protocol';
-import { countInflight, drainServer, stopClosingConnections, track, type Tracked } from './drain';
+import { countInflight, drainServer, stopClosingConnections, track, type HandOff, type Tracked } from './drain';
+import { canHandOff, handOffIdle, receiveHandOffs } from './handoff';
 import { parseListenArgs, type ListenCall } from './listen-args';
 
 interface RuntimeConfig {
   port: number;
   probeSocket: string;
+  handoffSocket: string;
   liveAtStart: boolean;
 }
 
@@ -35,6 +39,7 @@ function readConfig(): RuntimeConfig | null {
   const config = {
     port: Number(process.env[ENV.port]),
     probeSocket: process.env[ENV.probe] ?? '',
+    handoffSocket: process.env[ENV.handoff] ?? '',
     liveAtStart: process.env[ENV.live] === '1',
   };
   for (const name of Object.values(ENV)) delete process.env[name];
@@ -67,8 +72,9 @@ function send(message: AppMessage): void {
 
 function install(config: RuntimeConfig): void {
   const channel = process.channel as { ref?: () => void; unref?: () => void } | undefined;
-  let gated: { tracked: Tracked; call: ListenCall } | null = null;
+  let gated: { tracked: Tracked; call: ListenCall; tls: boolean; h2: boolean } | null = null;
   let probe: net.Server | null = null;
+  let receiver: net.Server | null = null;
   let draining = false;
 
   /** Opens the probe socket, then tells the keeper the app is gated: a probe sent earlier would find no socket. */
@@ -105,7 +111,7 @@ function install(config: RuntimeConfig): void {
 
   function goLive(): void {
     if (!gated) return;
-    const { tracked, call } = gated;
+    const { tracked, call, tls, h2 } = gated;
     const server = tracked.server;
     const onError = (err: NodeJS.ErrnoException): void => send({ rd: 'listen-error', message: err.message, code: err.code });
     server.once('error', onError);
@@ -114,6 +120,10 @@ function install(config: RuntimeConfig): void {
       probe?.close();
       probe = null;
       send({ rd: 'live' });
+      // Node's http server sets up its connection list on 'listening', before this.
+      if (config.handoffSocket && !receiver && canHandOff(server, tls, h2)) {
+        receiver = receiveHandOffs(native(), server, config.handoffSocket, (m) => console.error(`reuse-deploy: ${m}`));
+      }
     });
     // Node calls listen(2) again on the keeper's socket, which is already
     // listening: that only updates the backlog (inet_listen). The server gets
@@ -132,9 +142,9 @@ function install(config: RuntimeConfig): void {
       process.nextTick(() => server.emit('error', err));
       return server;
     }
-    gated = { tracked: track(server), call };
     const tls = isTlsServer(server);
     const h2 = speaksOnlyH2(server);
+    gated = { tracked: track(server), call, tls, h2 };
     if (config.liveAtStart) {
       send({ rd: 'gated', tls, h2 });
       goLive();
@@ -190,12 +200,19 @@ function install(config: RuntimeConfig): void {
       // The app's hook for long-lived streams: process.on('reuse-deploy:drain', ...).
       (process as EventEmitter).emit('reuse-deploy:drain');
       if (!gated) {
-        send({ rd: 'drained', forced: 0 });
+        send({ rd: 'drained', forced: 0, handedOver: 0 });
         return;
       }
       probe?.close();
-      void drainServer(gated.tracked, message.timeoutMs, () => send({ rd: 'listener-closed' })).then((forced) => {
-        if (forced !== null) send({ rd: 'drained', forced });
+      receiver?.close();
+      receiver = null;
+      const { server } = gated.tracked;
+      const targets = Array.isArray(message.handoff) ? message.handoff : [];
+      const first = process.pid; // several old processes spread their connections over the new ones
+      const handOff: HandOff | null =
+        targets.length > 0 && canHandOff(server, gated.tls, gated.h2) ? (sockets, settled) => handOffIdle(native(), server, sockets, targets, first, settled) : null;
+      void drainServer(gated.tracked, message.timeoutMs, () => send({ rd: 'listener-closed' }), handOff).then((result) => {
+        if (result !== null) send({ rd: 'drained', forced: result.forced, handedOver: result.handedOver });
       });
     }
   });
