@@ -309,6 +309,12 @@ cli.help((sections) => [
 ]);
 cli.version(pkg.version);
 
+/** cac reads `--node-arg --inspect` as two options of ours: a value that starts with '-' needs the '=' form. */
+function nodeArgHint(argv: string[]): string {
+  const i = argv.findIndex((a, k) => a === '--node-arg' && argv[k + 1]?.startsWith('-'));
+  return i < 0 ? '' : `. To pass ${argv[i + 1]} to node, write --node-arg=${argv[i + 1]} (with "=").`;
+}
+
 try {
   cli.parse(process.argv, { run: false });
   if (cli.matchedCommand === undefined && !cli.options.help && !cli.options.version) {
@@ -317,6 +323,7 @@ try {
   }
   void Promise.resolve(cli.runMatchedCommand()).catch((err: unknown) => fail(cli.options as GlobalFlags, err));
 } catch (err) {
-  const e = err instanceof DeployError ? err : usageError((err as Error).message);
+  const message = (err as Error).message;
+  const e = err instanceof DeployError ? err : usageError(message.startsWith('Unknown option') ? message + nodeArgHint(process.argv) : message);
   fail(cli.options as GlobalFlags, e);
 }

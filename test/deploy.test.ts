@@ -189,6 +189,9 @@ describe('a failed deploy leaves v1 serving, untouched', () => {
     const missing = await runCli([fixture('nope.js'), '--port', String(port), '--state-dir', stateDir]);
     assert.equal(missing.code, 2);
     assert.match(missing.stderr, /RD_ERR_ENTRY_NOT_FOUND/);
+    const spaced = await deploy('app.js', '--node-arg', '--max-old-space-size=512');
+    assert.equal(spaced.code, 2);
+    assert.match(spaced.stderr, /To pass --max-old-space-size=512 to node, write --node-arg=--max-old-space-size=512/);
   });
 });
 
@@ -268,6 +271,20 @@ describe('speed and priority', () => {
     assert.deepEqual(results.map((r) => r.code), [2, 2, 2]);
     assert.match(results[2]!.stderr, /RD_ERR_NO_STATE/);
     await waitUntil(() => keepers().every((pid) => before.has(pid)), 5_000, 'keepers started ahead to exit');
+  });
+});
+
+describe('node arguments', () => {
+  const major = Number(process.versions.node.split('.')[0]);
+
+  test('app processes get --no-flush-bytecode on Node < 24, ahead of the release\'s own --node-arg', async () => {
+    const r = await deploy('app.js', '--node-arg=--max-http-header-size=20000', '--node-arg=--flush-bytecode');
+    assert.equal(r.code, 0, r.stderr);
+    remember(stateDir, 'app');
+    const execArgv = JSON.parse((await get(port, '/execargv')).body) as string[];
+    const own = execArgv.slice(0, execArgv.indexOf('--require'));
+    // The app's own come last, so its --flush-bytecode wins (V8 applies flags in order).
+    assert.deepEqual(own, [...(major < 24 ? ['--no-flush-bytecode'] : []), '--max-http-header-size=20000', '--flush-bytecode']);
   });
 });
 
