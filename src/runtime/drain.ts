@@ -81,9 +81,14 @@ const clearsIdleTimeouts = new WeakSet<net.Server>();
 export function idleTimeoutUntilRequest(server: net.Server, socket: net.Socket, ms: number): void {
   if (!clearsIdleTimeouts.has(server)) {
     clearsIdleTimeouts.add(server);
-    server.prependListener('request', (req: http.IncomingMessage) => {
+    const clear = (req: http.IncomingMessage): void => {
       if (idleArmed.delete(req.socket)) req.socket.setTimeout((server as net.Server & { timeout?: number }).timeout ?? 0);
-    });
+    };
+    server.prependListener('request', clear);
+    // An app that listens for these gets them instead of 'request'. Only then:
+    // a listener of ours would stop Node's own `100 Continue` / 417 answer
+    // (it emits them when listenerCount > 0, lib/_http_server.js).
+    for (const event of ['checkContinue', 'checkExpectation']) if (server.listenerCount(event) > 0) server.prependListener(event, clear);
   }
   idleArmed.add(socket);
   socket.setTimeout(ms);

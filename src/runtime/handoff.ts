@@ -17,8 +17,8 @@
 //   more is read here. Bytes the client sends from then on wait in the
 //   socket's kernel receive queue, which travels with the socket.
 // The descriptors go to the new process over a unix socket (SCM_RIGHTS).
-// It takes them and, in the same tick, before it can read from any of them,
-// writes one byte back. Only then are ours closed; closing them sends no
+// It takes them, all of a message or none, and, in the same tick, before it
+// can read from any of them, writes one byte back. Only then are ours closed; closing them sends no
 // FIN, as each socket's last reference is now in the new process. If the
 // new process goes away without that byte, it cannot have read from them
 // (a message it never took is dropped with its references): this process
@@ -35,6 +35,7 @@ type Native = typeof import('../native');
 
 /** Descriptors per message: SCM_MAX_FD in include/net/scm.h. */
 const MAX_FDS = 253;
+const NODE_MAJOR = Number(process.versions.node.split('.')[0]);
 /** A sender has this long to deliver its message after connecting. */
 const RECEIVE_WAIT_MS = 1_000;
 
@@ -108,7 +109,9 @@ export interface HandOffResult {
 
 /**
  * Hands the idle sockets among `candidates` to the processes listening on
- * `targets` (round robin, one message per target and at most MAX_FDS).
+ * the paths `nextTarget` names, one call per socket (the caller's round
+ * robin runs across calls: most calls carry one socket or a few), in one
+ * message per target of at most MAX_FDS.
  * `settled` is called once per batch: when the receiver acknowledged (the
  * sockets are then destroyed here and leave their owner through 'close'),
  * or with the error of a send that failed or went unacknowledged (the
@@ -119,14 +122,13 @@ export function handOffIdle(
   native: Native,
   server: net.Server,
   candidates: Iterable<net.Socket>,
-  targets: string[],
-  first: number,
+  nextTarget: () => string,
   settled: (result: HandOffResult) => void,
 ): void {
   const taken = takeIdle(server, candidates);
   const batches = new Map<string, net.Socket[]>();
-  taken.forEach((socket, i) => {
-    const target = targets[(first + i) % targets.length] as string;
+  taken.forEach((socket) => {
+    const target = nextTarget();
     const batch = batches.get(target) ?? [];
     batch.push(socket);
     batches.set(target, batch);
@@ -209,11 +211,16 @@ export function receiveHandOffs(native: Native, server: net.Server, socketPath: 
         else conn.destroy();
         return;
       }
-      if (got.truncated) log('the kernel dropped connections of a hand-over message (out of descriptors?); their clients see them close');
-      for (const received of got.fds) adopt(server, received, log);
+      const sockets = openAll(got.fds, got.truncated, log);
+      if (sockets === null) {
+        // No acknowledgement: the sender reads from all of them again.
+        conn.destroy();
+        return;
+      }
+      for (const socket of sockets) adopt(server, socket, log);
       // The acknowledgement, in the tick that adopted them: none has been
       // read from yet, so until it arrives the sender may still serve them.
-      if (got.fds.length > 0) conn.write('A', () => conn.destroy());
+      if (sockets.length > 0) conn.write('A', () => conn.destroy());
       else conn.destroy();
     };
     receive();
@@ -225,28 +232,66 @@ export function receiveHandOffs(native: Native, server: net.Server, socketPath: 
   return receiver;
 }
 
-function adopt(server: net.Server, fd: number, log: (m: string) => void): void {
-  let socket: net.Socket;
-  try {
-    socket = new net.Socket({ fd, readable: true, writable: true });
-  } catch (err) {
-    log(`a handed-over connection could not be opened: ${(err as Error).message}`);
-    try {
-      fs.closeSync(fd);
-    } catch {
-      // already gone
+/**
+ * Opens every received descriptor, or none. The sender destroys its copies
+ * of the whole message on our acknowledgement, so one that is not opened
+ * here would be closed on its client, with a reset if a request waits in
+ * it. A message the kernel cut short (MSG_CTRUNC: this process is out of
+ * descriptors; the kernel installs the first ones and drops the rest), or a
+ * descriptor that cannot be opened, ends in no acknowledgement: our copies
+ * are closed (in this tick, before any is read from), and the sender serves
+ * them all on.
+ */
+export function openAll(fds: number[], truncated: boolean, log: (m: string) => void): net.Socket[] | null {
+  const sockets: net.Socket[] = [];
+  let failure = truncated ? 'the kernel cut the message short (out of descriptors?)' : '';
+  for (const fd of fds) {
+    if (failure) {
+      closeQuietly(fd);
+      continue;
     }
-    return;
+    try {
+      sockets.push(new net.Socket({ fd, readable: true, writable: true }));
+    } catch (err) {
+      failure = `a connection could not be opened: ${(err as Error).message}`;
+      closeQuietly(fd);
+    }
   }
+  if (!failure) return sockets;
+  for (const socket of sockets) socket.destroy();
+  log(`handed-over connections refused, the old version serves them on: ${failure}`);
+  return null;
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    fs.closeSync(fd);
+  } catch {
+    // already gone
+  }
+}
+
+function adopt(server: net.Server, socket: net.Socket, log: (m: string) => void): void {
   try {
     server.emit('connection', socket);
   } catch (err) {
     // An app's own 'connection' listener threw; the next connections must still be taken.
     log(`a 'connection' listener of the app threw on a handed-over connection: ${(err as Error).message}`);
   }
-  // The client was promised the old server's keep-alive timeout; a new
-  // parser counts the connection as active, not idle, so Node would
-  // otherwise leave it to headersTimeout (and answer 408).
-  const keepAliveMs = (server as http.Server).keepAliveTimeout;
-  if (keepAliveMs > 0 && !socket.destroyed) idleTimeoutUntilRequest(server, socket, keepAliveMs);
+  // It closes after the keep-alive timeout, as if it had just answered (the
+  // new version's setting; normally the old one's too).
+  const httpServer = server as http.Server;
+  let idleMs = httpServer.keepAliveTimeout > 0 ? httpServer.keepAliveTimeout : Infinity;
+  // Node's http server gave the connection a new parser, which counts as
+  // active (a message begun) until its first request, so checkConnections
+  // would answer 408 once headersTimeout passed, on a connection that was
+  // idle in the old process. On Node 20 and 22, Parser::Remove
+  // (node_http_parser.cc) takes it out of the server's connection lists, and
+  // on_message_begin puts it back with the next request. On Node 24 the
+  // parser answered no request after remove() (tried here), so the
+  // connection closes, without a word, a little before the 408 would come.
+  const parser = (socket as net.Socket & { parser?: { remove?: () => void } }).parser;
+  if (NODE_MAJOR < 24 && typeof parser?.remove === 'function') parser.remove();
+  else if (httpServer.headersTimeout > 0) idleMs = Math.min(idleMs, httpServer.headersTimeout - Math.min(1_000, httpServer.headersTimeout / 4));
+  if (idleMs !== Infinity && !socket.destroyed) idleTimeoutUntilRequest(server, socket, idleMs);
 }

@@ -208,9 +208,12 @@ function install(config: RuntimeConfig): void {
       receiver = null;
       const { server } = gated.tracked;
       const targets = Array.isArray(message.handoff) ? message.handoff : [];
-      const first = process.pid; // several old processes spread their connections over the new ones
+      // Round robin over the new processes, per connection; each old process
+      // starts at its pid, so that several spread theirs over different ones.
+      let next = process.pid;
+      const nextTarget = (): string => targets[next++ % targets.length] as string;
       const handOff: HandOff | null =
-        targets.length > 0 && canHandOff(server, gated.tls, gated.h2) ? (sockets, settled) => handOffIdle(native(), server, sockets, targets, first, settled) : null;
+        targets.length > 0 && canHandOff(server, gated.tls, gated.h2) ? (sockets, settled) => handOffIdle(native(), server, sockets, nextTarget, settled) : null;
       void drainServer(gated.tracked, message.timeoutMs, () => send({ rd: 'listener-closed' }), handOff).then((result) => {
         if (result !== null) send({ rd: 'drained', forced: result.forced, handedOver: result.handedOver });
       });
