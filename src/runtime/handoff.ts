@@ -18,14 +18,14 @@
 //   socket's kernel receive queue, which travels with the socket.
 // The descriptors go to the new process over a unix socket (SCM_RIGHTS).
 // It takes them, all of a message or none, and, in the same tick, before it
-// can read from any of them, writes one byte back. Only then are ours closed; closing them sends no
-// FIN, as each socket's last reference is now in the new process. If the
-// new process goes away without that byte, it cannot have read from them
-// (a message it never took is dropped with its references): this process
-// reads again and serves them as before. A connection that cannot be handed
-// over (busy, TLS, HTTP/2, an upgraded one, a send that failed) is closed
-// the usual way (drain.ts: `Connection: close`). Plain HTTP/1 servers only,
-// on both sides.
+// can read from any of them, writes one byte back. Only then are ours
+// closed; closing them sends no FIN, as each socket's last reference is now
+// in the new process. If the new process goes away without that byte, it
+// cannot have read from them (a message it never took is dropped with its
+// references): this process reads again and serves them as before. A
+// connection that cannot be handed over (busy, TLS, HTTP/2, an upgraded
+// one, a send that failed) is closed the usual way (drain.ts:
+// `Connection: close`). Plain HTTP/1 servers only, on both sides.
 import fs from 'node:fs';
 import type http from 'node:http';
 import net from 'node:net';
@@ -109,8 +109,8 @@ export interface HandOffResult {
 
 /**
  * Hands the idle sockets among `candidates` to the processes listening on
- * the paths `nextTarget` names, one call per socket (the caller's round
- * robin runs across calls: most calls carry one socket or a few), in one
+ * the paths that `nextTarget` names, called once per socket (the caller's
+ * round robin runs across calls: most carry one socket or a few), in one
  * message per target of at most MAX_FDS.
  * `settled` is called once per batch: when the receiver acknowledged (the
  * sockets are then destroyed here and leave their owner through 'close'),
