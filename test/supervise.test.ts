@@ -66,6 +66,12 @@ describe('supervision', () => {
     assert.match(text.stdout, /failed/);
     assert.match(text.stdout, /crash loop/);
     assert.match(text.stdout, /crashed after going live/, 'the last lines of the log are shown');
+    // The crashed process left its hand-over socket file; the keeper removes it when it stops.
+    const run = path.join(t.stateDir, 'app', 'run');
+    const sockets = () => fs.readdirSync(run).filter((f) => f.endsWith('.sock'));
+    assert.ok(sockets().some((f) => f.endsWith('-handoff.sock')), `left by the crash: ${sockets().join(', ')}`);
+    assert.equal((await runCli(['stop', '--name', 'app', '--state-dir', t.stateDir])).code, 0);
+    await waitUntil(() => sockets().length === 0, 5_000, `no socket file left behind (${sockets().join(', ')})`);
   });
 
   test('stop, then start: the same release serves again', async () => {

@@ -72,6 +72,20 @@ export class AppProcess extends EventEmitter<AppEvents> {
     return probeSocketPath(this.config.probeSocketPrefix, this.slot);
   }
 
+  /**
+   * Removes the process's socket files (health probe, hand-over). Its server
+   * unlinks one when it closes it; a process killed or crashed leaves it.
+   */
+  removeSockets(): void {
+    for (const file of [this.probeSocket(), handoffSocketPath(this.config.probeSocketPrefix, this.slot)]) {
+      try {
+        fs.unlinkSync(file);
+      } catch {
+        // not there: fine
+      }
+    }
+  }
+
   /** Starts the process; with `live`, it listens at once (a restart after a crash). */
   start(live: boolean): void {
     const c = this.config;

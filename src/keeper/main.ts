@@ -318,7 +318,10 @@ let shuttingDown = false;
 function shutdown(code: number): void {
   if (shuttingDown) return;
   shuttingDown = true;
-  for (const app of apps) app.kill('SIGKILL');
+  for (const app of apps) {
+    app.kill('SIGKILL');
+    app.removeSockets();
+  }
   try {
     if (config) fs.unlinkSync(config.controlSocket); // none before the CLI sent the configuration
   } catch {
