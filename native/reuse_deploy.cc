@@ -223,8 +223,12 @@ Napi::Value Flock(const Napi::CallbackInfo& info) {
 // does not close the connections: tcp_close runs on a socket's last
 // reference (__fput -> sock_close). A message the receiver never takes is
 // dropped with its references when the receiving socket closes. At most
-// SCM_MAX_FD (253) per call. Blocking, bounded by SO_SNDTIMEO (1 s); a unix
-// stream connect() to a listening socket completes at once or fails.
+// SCM_MAX_FD (253) per call. Non-blocking: connect() to a unix stream
+// listener completes at once, or fails with EAGAIN when the listener's
+// backlog is full (unix_stream_connect with a zero timeout), so a new
+// process that has stopped accepting cannot stall the caller's event loop;
+// the caller then closes its connections the usual way. The one-byte
+// sendmsg() on a fresh connection does not wait either.
 Napi::Value SendFds(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsString() || !info[1].IsArray()) {
@@ -242,10 +246,8 @@ Napi::Value SendFds(const Napi::CallbackInfo& info) {
   }
   addr.sun_family = AF_UNIX;
   memcpy(addr.sun_path, path.c_str(), path.size());
-  int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (s < 0) return ThrowErrno(env, "socket", errno);
-  timeval tv{1, 0};
-  setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   if (connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
     int err = errno;
     close(s);

@@ -19,6 +19,8 @@ import {
   flock,
   listenFd,
   peerCredentials,
+  recvFds,
+  sendFds,
   tcpListeners,
   type SystemError,
 } from '../src/native';
@@ -301,6 +303,65 @@ describe('peerCredentials', () => {
     } finally {
       conn.destroy();
       client.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+});
+
+describe('sendFds / recvFds', () => {
+  test('descriptors arrive, close-on-exec, and still reach the same file', async () => {
+    const sock = path.join(tmp, 'fds.sock');
+    const server = net.createServer({ pauseOnConnect: true });
+    const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+    await new Promise<void>((resolve) => server.listen(sock, resolve));
+    const file = path.join(tmp, 'passed.txt');
+    fs.writeFileSync(file, 'through SCM_RIGHTS');
+    const sent = fs.openSync(file, 'r');
+    try {
+      const conn = sendFds(sock, [sent]);
+      openFds.push(conn);
+      const receiver = await accepted;
+      const fd = (receiver as net.Socket & { _handle: { fd: number } })._handle.fd;
+      let got = recvFds(fd);
+      for (let i = 0; got === null && i < 100; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        got = recvFds(fd);
+      }
+      assert.ok(got && got.fds.length === 1 && !got.truncated, JSON.stringify(got));
+      const received = got.fds[0]!;
+      assert.notEqual(received, sent);
+      assert.equal(fs.readFileSync(received, 'utf8'), 'through SCM_RIGHTS');
+      fs.closeSync(received);
+      receiver.destroy();
+    } finally {
+      fs.closeSync(sent);
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  test('a receiver that does not accept: EAGAIN once its backlog is full, at once rather than after a wait', async () => {
+    const sock = path.join(tmp, 'full.sock');
+    const server = net.createServer();
+    await new Promise<void>((resolve) => server.listen({ path: sock, backlog: 1 }, resolve));
+    const passed = fs.openSync(__filename, 'r');
+    try {
+      // This loop never yields, so the server accepts nothing meanwhile.
+      let failure: SystemError | null = null;
+      let failedAfterMs = 0;
+      for (let i = 0; i < 10 && !failure; i++) {
+        const started = Date.now();
+        try {
+          openFds.push(sendFds(sock, [passed]));
+        } catch (err) {
+          failure = err as SystemError;
+          failedAfterMs = Date.now() - started;
+        }
+      }
+      assert.ok(failure?.code === 'EAGAIN' || failure?.code === 'EWOULDBLOCK', String(failure)); // errno 11 has both names
+      // A blocking connect() would wait here (for SO_SNDTIMEO, or for ever) and stall an app's event loop.
+      assert.ok(failedAfterMs < 500, `failed after ${failedAfterMs} ms`);
+    } finally {
+      fs.closeSync(passed);
       await new Promise((resolve) => server.close(resolve));
     }
   });
