@@ -330,6 +330,8 @@ describe('sendFds / recvFds', () => {
       assert.ok(got && got.fds.length === 1 && !got.truncated, JSON.stringify(got));
       const received = got.fds[0]!;
       assert.notEqual(received, sent);
+      const flags = Number.parseInt(/^flags:\s+(\d+)/m.exec(fs.readFileSync(`/proc/self/fdinfo/${received}`, 'utf8'))![1]!, 8);
+      assert.ok(flags & 0o2000000, 'O_CLOEXEC (MSG_CMSG_CLOEXEC): an app child process must not inherit client connections');
       assert.equal(fs.readFileSync(received, 'utf8'), 'through SCM_RIGHTS');
       fs.closeSync(received);
       receiver.destroy();
