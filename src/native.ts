@@ -52,7 +52,7 @@ export interface ReceivedFds {
   fds: number[];
   /** The sender closed its end (nothing more will come). */
   eof: boolean;
-  /** The kernel dropped descriptors that did not fit (MSG_CTRUNC): a sender sent more than 253. */
+  /** The kernel dropped descriptors that did not fit (MSG_CTRUNC): more than 253 sent, or this process is out of descriptors. */
   truncated: boolean;
 }
 

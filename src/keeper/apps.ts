@@ -72,12 +72,16 @@ export class AppProcess extends EventEmitter<AppEvents> {
     return probeSocketPath(this.config.probeSocketPrefix, this.slot);
   }
 
+  handoffSocket(): string {
+    return handoffSocketPath(this.config.probeSocketPrefix, this.slot);
+  }
+
   /**
    * Removes the process's socket files (health probe, hand-over). Its server
    * unlinks one when it closes it; a process killed or crashed leaves it.
    */
   removeSockets(): void {
-    for (const file of [this.probeSocket(), handoffSocketPath(this.config.probeSocketPrefix, this.slot)]) {
+    for (const file of [this.probeSocket(), this.handoffSocket()]) {
       try {
         fs.unlinkSync(file);
       } catch {
@@ -95,7 +99,7 @@ export class AppProcess extends EventEmitter<AppEvents> {
       [ENV.keeperPid]: String(process.pid),
       [ENV.port]: String(c.port),
       [ENV.probe]: this.probeSocket(),
-      [ENV.handoff]: handoffSocketPath(this.config.probeSocketPrefix, this.slot),
+      [ENV.handoff]: this.handoffSocket(),
       [ENV.live]: live ? '1' : '0',
     };
     const child = spawn(process.execPath, [...defaultNodeArgs(), ...c.nodeArgs, '--require', c.preload, c.entry, ...c.args], {
