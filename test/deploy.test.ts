@@ -92,6 +92,24 @@ describe('deploy and cutover', () => {
     assert.ok(log.indexOf('phase draining') > log.indexOf('phase live'), log);
   });
 
+  test('a deploy right after another goes live only once the replaced listener has left the port, and says what it waits for', async () => {
+    assert.equal((await deploy('app.js', '--env', 'APP_VERSION=v1')).code, 0);
+    remember(stateDir, 'app');
+    // r1 keeps its listener open for this grace after r2 goes live.
+    const second = await deploy('app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '3s');
+    assert.equal(second.code, 0, second.stderr);
+    const third = await deploy('app.js', '--env', 'APP_VERSION=v3');
+    assert.equal(third.code, 0, third.stderr);
+    assert.match(third.stderr, /waiting for the previous deploy to leave the port: r1 still holds its listener open \(handshake grace\)/);
+    const at = (release: string, text: string): number => {
+      const line = fs.readFileSync(path.join(stateDir, 'app', 'logs', `${release}.log`), 'utf8').split('\n').find((l) => l.includes(text));
+      assert.ok(line, `${release}: ${text}`);
+      return Date.parse(line.slice(0, 24));
+    };
+    assert.ok(at('r1', 'phase closed') <= at('r3', 'phase live'), 'r3 joined the port after r1 closed its listener');
+    assert.equal((await get(port, '/')).body.split(' ')[0], 'v3');
+  });
+
   test('status and stop', async () => {
     assert.equal((await deploy('app.js')).code, 0);
     remember(stateDir, 'app');

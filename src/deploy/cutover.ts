@@ -143,8 +143,17 @@ async function waitPortSettled(state: AppState, progress: Progress): Promise<voi
     if (!status) return true;
     return i.role === 'live' ? status.steering === null : status.listener !== 'listening';
   };
+  let said = false;
   for (const i of state.instances.filter((x) => x.role === 'draining' || x.role === 'parked' || x.role === 'live')) {
     while (!(await settled(i))) {
+      // Seen after a deploy that ended less than the handshake grace ago
+      // (1 s by default): without this line the wait showed as a slow health check.
+      if (!said) {
+        said = true;
+        progress.phase(
+          `waiting for the previous deploy to leave the port: ${i.release} ${i.role === 'live' ? 'still steers new connections while its predecessor leaves' : 'still holds its listener open (handshake grace)'}`,
+        );
+      }
       if (Date.now() > deadline) {
         progress.warn(`instance ${i.id} (${i.release}) has not settled after 15 s (${i.role === 'live' ? 'steering still attached' : 'listener still open'}); going on`);
         break;
