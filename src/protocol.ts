@@ -79,6 +79,13 @@ export const BOOT_NICE_SLOW = 10;
 export const BOOT_RAISE_MS = 2_000;
 
 /**
+ * As root, an app process's threads other than its main one (V8's JIT
+ * compiler and GC helpers, created while it booted) keep the boot nice value
+ * this long after go-live; see setBootPriority in src/keeper/main.ts.
+ */
+export const HELPERS_YOUNG_MS = 10_000;
+
+/**
  * The CLI's own nice value, once it has started the keeper (src/cli.ts). It
  * serves no traffic, and may share a session with processes that do.
  */
