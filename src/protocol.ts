@@ -33,7 +33,12 @@ export type KeeperMessage =
 
 /** app -> keeper */
 export type AppMessage =
-  | { rd: 'gated'; tls: boolean; h2: boolean }
+  /**
+   * nodeThreads: the threads Node had started before the app's code ran
+   * (V8's compiler and GC helpers and the like; /proc/self/task when the
+   * preload loaded, main thread excluded), for the keeper's priorities.
+   */
+  | { rd: 'gated'; tls: boolean; h2: boolean; nodeThreads?: number[] }
   | { rd: 'live' }
   | { rd: 'listen-error'; message: string; code?: string }
   | { rd: 'other-port'; port: number }
@@ -79,9 +84,9 @@ export const BOOT_NICE_SLOW = 10;
 export const BOOT_RAISE_MS = 2_000;
 
 /**
- * As root, an app process's threads other than its main one (V8's JIT
- * compiler and GC helpers, created while it booted) keep the boot nice value
- * this long after go-live; see setBootPriority in src/keeper/main.ts.
+ * As root, the threads Node started in an app process before the app's code
+ * ran (V8's JIT compiler and GC helpers) keep the boot nice value this long
+ * after go-live; see setBootPriority in src/keeper/main.ts.
  */
 export const HELPERS_YOUNG_MS = 10_000;
 

@@ -44,6 +44,8 @@ export class AppProcess extends EventEmitter<AppEvents> {
   private child: ChildProcess | null = null;
   /** When the last stats answer arrived. */
   statsAt = 0;
+  /** The threads Node started before the app's code ran (AppMessage 'gated'). */
+  nodeThreads: number[] = [];
 
   constructor(
     readonly slot: number,
@@ -122,7 +124,10 @@ export class AppProcess extends EventEmitter<AppEvents> {
     });
     child.on('message', (m: unknown) => {
       if (!isAppMessage(m)) return;
-      if (m.rd === 'gated') Object.assign(this.status, { state: 'gated', tls: m.tls, h2: m.h2 });
+      if (m.rd === 'gated') {
+        Object.assign(this.status, { state: 'gated', tls: m.tls, h2: m.h2 });
+        this.nodeThreads = Array.isArray(m.nodeThreads) ? m.nodeThreads.filter((tid) => Number.isInteger(tid)) : [];
+      }
       else if (m.rd === 'live') this.status.state = 'live';
       else if (m.rd === 'other-port') this.status.otherPorts.push(m.port);
       else if (m.rd === 'stats') {

@@ -197,9 +197,12 @@ function setBootPriority(booting: boolean): void {
     setNice(BOOT_NICE);
     return;
   }
-  // As root, an app process's other threads stay at the boot value for its
-  // first HELPERS_YOUNG_MS of traffic. In that time V8 compiles its hot code
-  // on them: a ~3 s-old process of the benchmark spent 40% of its CPU there
+  // As root, the threads Node started in an app process before its code ran
+  // (nodeThreads of AppMessage 'gated': not the main thread, nor threads the
+  // app started, such as worker_threads or libuv's pool, which may serve
+  // requests) stay at the boot value for the process's first
+  // HELPERS_YOUNG_MS of traffic. In that time V8 compiles its hot code on
+  // them: a ~3 s-old process of the benchmark spent 40% of its CPU there
   // (perf, 124 of 314 ms), in 2-3 ms bursts. Within the session the main
   // thread, which answers requests, then goes first (the session's share
   // against other sessions is unchanged); a helper that the main thread
@@ -212,7 +215,7 @@ function setBootPriority(booting: boolean): void {
   const helpers = process.getuid?.() === 0 ? wantedNice : 0;
   setNice(0, helpers);
   if (helpers !== 0 && apps.some((a) => a.status.pid)) {
-    log(`the app processes' other threads (V8's compiler and GC helpers) stay at nice ${helpers} for ${HELPERS_YOUNG_MS / 1000} s`);
+    log(`the app processes' V8 threads (compiler, GC helpers) stay at nice ${helpers} for ${HELPERS_YOUNG_MS / 1000} s`);
     helpersTimer = setTimeout(() => setNice(0), HELPERS_YOUNG_MS);
     helpersTimer.unref();
   }
@@ -228,29 +231,29 @@ function raiseBootPriorityLater(): void {
   raiseTimer.unref();
 }
 
-/** The session's and, as root, every thread's nice value; an app process's threads other than its main one get `appHelpers`. */
+/** The session's and, as root, every thread's nice value; the threads Node started in an app process before its code ran get `appHelpers`. */
 function setNice(nice: number, appHelpers = nice): void {
   wantedNice = nice;
   setAutogroupNice(5);
   if (process.getuid?.() !== 0) return;
   try {
     reniceThreads(process.pid, wantedNice);
-    for (const app of apps) if (app.status.pid) reniceThreads(app.status.pid, wantedNice, appHelpers);
+    for (const app of apps) if (app.status.pid) reniceThreads(app.status.pid, wantedNice, appHelpers === wantedNice ? [] : app.nodeThreads, appHelpers);
   } catch (err) {
     log(`could not set the priority to ${wantedNice}: ${(err as Error).message}`);
   }
 }
 
 /**
- * Sets the nice value of `pid`'s main thread to `nice` and of its other
- * threads to `others`. On Linux it is a per-thread attribute (setpriority(2),
- * NOTES): setPriority(pid) changes the main thread only, and a thread takes
- * its creator's value. An app started at boot priority creates its V8 (and
- * any libuv thread-pool) threads then; renicing only its main thread at
+ * Sets the nice value of every thread of `pid`, `helpersNice` for those in
+ * `helpers`. On Linux it is a per-thread attribute (setpriority(2), NOTES):
+ * setPriority(pid) changes the main thread only, and a thread takes its
+ * creator's value. An app started at boot priority creates its V8 threads
+ * (and any it starts while booting) then; renicing only its main thread at
  * go-live once left them at nice 19 for good, behind every other thread of
- * the host. Threads the main thread creates later take its value.
+ * the host.
  */
-function reniceThreads(pid: number, nice: number, others = nice): void {
+function reniceThreads(pid: number, nice: number, helpers: number[] = [], helpersNice = nice): void {
   let tids: string[];
   try {
     tids = fs.readdirSync(`/proc/${pid}/task`);
@@ -259,7 +262,7 @@ function reniceThreads(pid: number, nice: number, others = nice): void {
   }
   for (const tid of tids) {
     try {
-      os.setPriority(Number(tid), Number(tid) === pid ? nice : others);
+      os.setPriority(Number(tid), helpers.includes(Number(tid)) ? helpersNice : nice);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err; // a thread that just ended
     }

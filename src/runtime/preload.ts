@@ -66,11 +66,26 @@ function speaksOnlyH2(server: net.Server): boolean {
   return (name === 'Http2Server' || name === 'Http2SecureServer') && !allowHTTP1;
 }
 
+/** Threads other than the main one, as they are before the app's code runs: Node's own (AppMessage 'gated'). */
+function ownThreads(): number[] {
+  try {
+    return fs
+      .readdirSync('/proc/self/task')
+      .map(Number)
+      .filter((tid) => tid !== process.pid);
+  } catch {
+    return []; // no /proc: the keeper then leaves every thread at the same priority
+  }
+}
+
+
 function send(message: AppMessage): void {
   if (process.connected) process.send?.(message);
 }
 
 function install(config: RuntimeConfig): void {
+  const nodeThreads = ownThreads();
+  const gatedMessage = (tls: boolean, h2: boolean): AppMessage => ({ rd: 'gated', tls, h2, nodeThreads });
   const channel = process.channel as { ref?: () => void; unref?: () => void } | undefined;
   let gated: { tracked: Tracked; call: ListenCall; tls: boolean; h2: boolean } | null = null;
   let probe: net.Server | null = null;
@@ -98,14 +113,14 @@ function install(config: RuntimeConfig): void {
     // check reports no answer (with the error) rather than "never listened".
     const onError = (err: Error): void => {
       console.error(`reuse-deploy: the private health-check socket ${config.probeSocket} could not be opened: ${err.message}`);
-      send({ rd: 'gated', tls, h2 });
+      send(gatedMessage(tls, h2));
     };
     own.once('error', onError);
     probe = own;
     originalListen.call(own, config.probeSocket, () => {
       own.removeListener('error', onError);
       fs.chmodSync(config.probeSocket, 0o600);
-      send({ rd: 'gated', tls, h2 });
+      send(gatedMessage(tls, h2));
     });
   }
 
@@ -146,7 +161,7 @@ function install(config: RuntimeConfig): void {
     const h2 = speaksOnlyH2(server);
     gated = { tracked: track(server), call, tls, h2 };
     if (config.liveAtStart) {
-      send({ rd: 'gated', tls, h2 });
+      send(gatedMessage(tls, h2));
       goLive();
     } else {
       openProbe(server, tls, h2);
