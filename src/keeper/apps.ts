@@ -127,8 +127,7 @@ export class AppProcess extends EventEmitter<AppEvents> {
       if (m.rd === 'gated') {
         Object.assign(this.status, { state: 'gated', tls: m.tls, h2: m.h2 });
         this.nodeThreads = Array.isArray(m.nodeThreads) ? m.nodeThreads.filter((tid) => Number.isInteger(tid)) : [];
-      }
-      else if (m.rd === 'live') this.status.state = 'live';
+      } else if (m.rd === 'live') this.status.state = 'live';
       else if (m.rd === 'other-port') this.status.otherPorts.push(m.port);
       else if (m.rd === 'stats') {
         Object.assign(this.status, { connections: m.connections, inflight: m.inflight });

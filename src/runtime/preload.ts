@@ -78,7 +78,6 @@ function ownThreads(): number[] {
   }
 }
 
-
 function send(message: AppMessage): void {
   if (process.connected) process.send?.(message);
 }
