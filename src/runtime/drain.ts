@@ -120,10 +120,10 @@ export async function drainServer(tracked: Tracked, timeoutMs: number, onListene
   // 1.8-5 ms, against 0.3 ms later). An idle connection goes when its turn
   // comes; a busy one once its answer is written; the poll below tries
   // every few ms. Only a request that arrives after twice the spread still
-  // gets `Connection: close` (one whose client never pauses is never idle). A send
-  // that fails (the new process has no hand-over socket: TLS, HTTP/2, or it
-  // is gone) ends the hand-over, and connections close in turns from then
-  // on; without a hand-over, from the start.
+  // gets `Connection: close` (on a connection whose client never pauses). A
+  // send that fails (the new process has no hand-over socket: TLS, HTTP/2,
+  // or it is gone) ends the hand-over, and connections close in turns from
+  // then on; without a hand-over, from the start.
   let handedOver = 0;
   let handing = handOff !== null;
   const turn = new Map<net.Socket, number>();
