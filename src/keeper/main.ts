@@ -209,7 +209,7 @@ function setBootPriority(booting: boolean): void {
   // waits for, as in a GC pause, runs anyway, as the main thread is then not
   // runnable; but the GC helpers that would work beside it wait too: with
   // 3,000 keep-alive connections handed over, a new process's median
-  // scavenge took 1.51-2.21 ms against 1.15-2.08, and its scavenges 13% more
+  // scavenge took 1.51-2.21 ms against 1.15-2.08, and its scavenges 15% more
   // time in all (two runs each way). Measured with the benchmark's 10 deploys 1.5 s apart (every
   // process young), two runs each way, median p99 with deploys: keep-alive
   // 1.20 -> 1.03 ms, new connection per request 2.24 -> 1.99 ms. Without
