@@ -210,11 +210,11 @@ function setBootPriority(booting: boolean): void {
   // runnable; but the GC helpers that would work beside it wait too: with
   // 3,000 keep-alive connections handed over, a new process's median
   // scavenge took 1.51-2.21 ms against 1.15-2.08, and its scavenges 15% more
-  // time in all (two runs each way). Measured with the benchmark's 10 deploys 1.5 s apart (every
-  // process young), two runs each way, median p99 with deploys: keep-alive
-  // 1.20 -> 1.03 ms, new connection per request 2.24 -> 1.99 ms. Without
-  // root the threads stay as they are: a raised nice value could not be
-  // lowered again.
+  // time in all. With the benchmark's 10 deploys 1.5 s apart (every process
+  // young), median p99 with deploys: keep-alive 1.20 -> 1.03 ms, new
+  // connection per request 2.24 -> 1.99 ms (two runs each way, for both).
+  // Without root the threads stay as they are: a raised nice value could not
+  // be lowered again.
   const helpers = process.getuid?.() === 0 ? wantedNice : 0;
   setNice(0, helpers);
   if (helpers !== 0 && apps.some((a) => a.status.pid)) {
@@ -241,7 +241,7 @@ function setNice(nice: number, appHelpers = nice): void {
   if (process.getuid?.() !== 0) return;
   try {
     reniceThreads(process.pid, wantedNice);
-    for (const app of apps) if (app.status.pid) reniceThreads(app.status.pid, wantedNice, appHelpers === wantedNice ? [] : app.nodeThreads, appHelpers);
+    for (const app of apps) if (app.status.pid) reniceThreads(app.status.pid, wantedNice, app.nodeThreads, appHelpers);
   } catch (err) {
     log(`could not set the priority to ${wantedNice}: ${(err as Error).message}`);
   }
