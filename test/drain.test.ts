@@ -275,7 +275,9 @@ describe('drain', () => {
   for (const handoff of [true, false]) {
     test(`a request in flight finishes on the old version; then ${handoff ? 'its connection moves to v2' : 'Connection: close'}; the drain hook runs`, async () => {
       const marker = path.join(t.stateDir, 'drained.txt');
-      await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--env', 'SLOW_MS=3000', '--env', `DRAIN_MARKER=${marker}`);
+      // Busy for 300 ms after answering (timer callback): the client's next
+      // request is in v1's receive queue before v1's loop next reads.
+      await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--env', 'SLOW_MS=3000', '--env', 'BUSY_AFTER_SLOW_MS=300', '--env', `DRAIN_MARKER=${marker}`);
       const agent = new Agent({ keepAliveTimeout: 30_000, connections: 1 });
       const slow = request(`http://127.0.0.1:${t.port}/slow`, { dispatcher: agent, headersTimeout: 15_000 });
       await new Promise((resolve) => setTimeout(resolve, 300)); // the request is inside v1 now

@@ -153,10 +153,15 @@ export async function drainServer(tracked: Tracked, timeoutMs: number, onListene
       },
     );
   };
-  // Between this answer and the client's next request (setImmediate: after
-  // the write, before the loop next reads).
+  // Between this answer and the client's next request: in the tick of
+  // 'finish' (after Node's own listener has detached the response, and the
+  // app's), before the loop next reads. Not setImmediate: an answer ended in
+  // a timer callback (or the app's own setImmediate) meets the poll phase
+  // before the check phase (libuv's uv_run order), and a next request that
+  // came meanwhile would be read here first, and answered with `Connection:
+  // close` instead of being handed over.
   const afterAnswer = (res: http.ServerResponse, socket: net.Socket): void => {
-    if (handing) res.once('finish', () => setImmediate(() => attempt([socket])));
+    if (handing) res.once('finish', () => process.nextTick(() => attempt([socket])));
   };
   const idleMs = Math.max(1, httpServer.keepAliveTimeout || 5000);
   for (const socket of sockets) {
