@@ -45,6 +45,7 @@ interface Addon {
   sendFds(path: string, fds: number[]): number;
   recvFds(fd: number): ReceivedFds | null;
   tcpListeners(port: number): DiagListener[] | null;
+  setSlice(tid: number, ns: number): number | null;
 }
 
 /** One message from recvFds: the descriptors it carried. */
@@ -288,3 +289,10 @@ export const sendFds = (path: string, fds: number[]): number => call(() => load(
 export const recvFds = (fd: number): ReceivedFds | null => call(() => load().addon.recvFds(fd));
 /** Listening sockets on `port` in this network namespace; null where netlink is refused. */
 export const tcpListeners = (port: number): DiagListener[] | null => call(() => load().addon.tcpListeners(port));
+/**
+ * Asks for a scheduler time slice of `ns` for thread `tid` (EEVDF, kernel
+ * 6.12+; native/reuse_deploy.cc). Returns the slice the kernel reports
+ * afterwards: 0 where it has none, null for a thread under a policy other
+ * than SCHED_OTHER or SCHED_BATCH (left alone).
+ */
+export const setSlice = (tid: number, ns: number): number | null => call(() => load().addon.setSlice(tid, ns));

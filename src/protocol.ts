@@ -91,6 +91,13 @@ export const BOOT_RAISE_MS = 2_000;
 export const HELPERS_YOUNG_MS = 10_000;
 
 /**
+ * The scheduler time slice an app process's main thread gets once it
+ * serves: the shortest the kernel takes (0.1 ms; kernel 6.12+). See
+ * shortenSlice in src/keeper/main.ts.
+ */
+export const SERVING_SLICE_NS = 100_000;
+
+/**
  * The CLI's own nice value, once it has started the keeper (src/cli.ts). It
  * serves no traffic, and may share a session with processes that do.
  */

@@ -7,12 +7,13 @@ import { after, afterEach, beforeEach, describe, test } from 'node:test';
 import type { ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { keeperStop } from '../src/deploy/keeper-client';
-import { BOOT_NICE, BOOT_NICE_SLOW, BOOT_RAISE_MS, HELPERS_YOUNG_MS } from '../src/protocol';
+import { BOOT_NICE, BOOT_NICE_SLOW, BOOT_RAISE_MS, HELPERS_YOUNG_MS, SERVING_SLICE_NS } from '../src/protocol';
 import {
   cleanup,
   fixture,
   freePort,
   get,
+  hasCustomSlices,
   holdPortPlainly,
   isAlive,
   processGroup,
@@ -20,6 +21,7 @@ import {
   remember,
   requestLoop,
   runCli,
+  sliceOf,
   tempStateDir,
   waitUntil,
 } from './helpers';
@@ -284,6 +286,23 @@ describe('speed and priority', () => {
     const logs = path.join(stateDir, 'app', 'logs');
     const said = fs.readdirSync(logs).some((f) => fs.readFileSync(path.join(logs, f), 'utf8').includes(`raising its CPU priority to nice ${BOOT_NICE_SLOW}`));
     assert.ok(said, 'the keeper logs the raise');
+  });
+
+  test("a serving app process's main thread takes the shortest time slice; Node's other threads and the keeper keep theirs", { skip: !hasCustomSlices && 'no custom time slices before Linux 6.12' }, async () => {
+    const before = sliceOf(process.pid);
+    assert.notEqual(before, SERVING_SLICE_NS, 'the default slice differs from the one the keeper sets');
+    const v1 = await deploy('app.js');
+    assert.equal(v1.code, 0, v1.stderr);
+    remember(stateDir, 'app');
+    const [keeper] = livePids();
+    const [app] = processGroup(keeper!).filter((pid) => pid !== keeper);
+    assert.ok(app, 'the app process');
+    assert.equal(sliceOf(app), SERVING_SLICE_NS, 'the main thread, which answers requests');
+    const { node } = JSON.parse((await get(port, '/threads')).body) as { node: number[] };
+    for (const tid of node) assert.equal(sliceOf(app, tid), before, `Node's thread ${tid}`);
+    assert.equal(sliceOf(keeper!), before, 'the keeper');
+    const log = fs.readdirSync(path.join(stateDir, 'app', 'logs')).map((f) => fs.readFileSync(path.join(stateDir, 'app', 'logs', f), 'utf8')).join('');
+    assert.match(log, /main threads take a 0\.1 ms time slice/);
   });
 
   test('a command that ends before starting a release leaves no keeper behind', async () => {

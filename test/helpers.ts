@@ -156,6 +156,19 @@ export function isAlive(pid: number): boolean {
   }
 }
 
+/** Linux 6.12 and later take a time slice per thread (EEVDF, sched_setattr's sched_runtime). */
+export const hasCustomSlices = ((): boolean => {
+  const [major = 0, minor = 0] = os.release().split('.').map(Number);
+  return major > 6 || (major === 6 && minor >= 12);
+})();
+
+/** A thread's scheduler time slice in ns (se.slice of /proc/<pid>/task/<tid>/sched). */
+export function sliceOf(pid: number, tid = pid): number {
+  const m = /^se\.slice\s*:\s*(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/task/${tid}/sched`, 'utf8'));
+  if (!m) throw new Error(`no se.slice in /proc/${pid}/task/${tid}/sched`);
+  return Number(m[1]);
+}
+
 /** Pids of every process in the keeper's process group (keeper and apps). */
 export function processGroup(pgid: number): number[] {
   const pids: number[] = [];

@@ -5,7 +5,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fixture, freshAppPerTest, get, isAlive, processGroup, readAppState, remember, runCli, waitUntil } from './helpers';
+import { SERVING_SLICE_NS } from '../src/protocol';
+import { fixture, freshAppPerTest, get, hasCustomSlices, isAlive, processGroup, readAppState, remember, runCli, sliceOf, waitUntil } from './helpers';
 
 const t = freshAppPerTest();
 
@@ -53,6 +54,7 @@ describe('supervision', () => {
     assert.equal(after!.state, 'live');
     assert.equal(after!.restarts, 1);
     assert.ok(pids.has(String(after!.pid)), 'the new process answered');
+    if (hasCustomSlices) assert.equal(sliceOf(after!.pid!), SERVING_SLICE_NS, 'the restarted process serves on the short time slice too');
   });
 
   test('a crash loop gives up, and status says so', async () => {

@@ -12,8 +12,8 @@ import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { acceptQueue, closeFd, detachSteering, dup2Fd, ensureAddon, listenFd, unlisten } from '../native';
-import { BOOT_NICE, BOOT_NICE_SLOW, BOOT_RAISE_MS, HELPERS_YOUNG_MS, type KeeperConfig, type KeeperPhase, type KeeperStatus } from '../protocol';
+import { acceptQueue, closeFd, detachSteering, dup2Fd, ensureAddon, listenFd, setSlice, unlisten } from '../native';
+import { BOOT_NICE, BOOT_NICE_SLOW, BOOT_RAISE_MS, HELPERS_YOUNG_MS, SERVING_SLICE_NS, type KeeperConfig, type KeeperPhase, type KeeperStatus } from '../protocol';
 import { AppProcess } from './apps';
 import { bindDeploySocket, isBindFailure } from './bind';
 import { countPeers, detachWhenAlone, steerToSelf } from './steering';
@@ -217,10 +217,43 @@ function setBootPriority(booting: boolean): void {
   // be lowered again.
   const helpers = process.getuid?.() === 0 ? wantedNice : 0;
   setNice(0, helpers);
+  for (const app of apps) shortenSlice(app);
   if (helpers !== 0 && apps.some((a) => a.status.pid)) {
     log(`the app processes' V8 threads (compiler, GC helpers) stay at nice ${helpers} for ${HELPERS_YOUNG_MS / 1000} s`);
     helpersTimer = setTimeout(() => setNice(0), HELPERS_YOUNG_MS);
     helpersTimer.unref();
+  }
+}
+
+/**
+ * The main thread of a serving app process, which answers its requests,
+ * gets the shortest time slice the kernel takes (SERVING_SLICE_NS, EEVDF
+ * custom slices of kernel 6.12+). A thread that wakes with a shorter slice
+ * than the running one's preempts it at once (PREEMPT_SHORT in
+ * check_preempt_wakeup_fair, kernel/sched/fair.c), where it would otherwise
+ * wait while the running one finishes its slice (RUN_TO_PARITY; 1.4 ms by
+ * default on this 2-CPU host); a group's slice is its shortest member's
+ * (cfs_rq_min_slice), so this holds against other sessions too. The work it
+ * then goes ahead of is the next deploy: its CLI, keeper and app processes,
+ * booting on the same CPUs. CPU shares stay what nice values and autogroups
+ * make them. Threads the main thread starts later inherit the slice (clone
+ * copies it). Any user may set it on their own processes. Benchmark, three
+ * runs each way, alternating (1000 req/s, 10 deploys 1.5 s apart, rows with
+ * one and two instances): median p99 with deploys 0.88 ms against 1.16 in
+ * keep-alive rows, 1.65 against 1.96 with a new connection per request.
+ * Older kernels keep their default.
+ */
+let sliceReported = false;
+function shortenSlice(app: AppProcess): void {
+  if (!app.status.pid) return;
+  try {
+    const slice = setSlice(app.status.pid, SERVING_SLICE_NS);
+    if (!sliceReported && slice !== null) {
+      sliceReported = true;
+      log(slice > 0 ? `the app processes' main threads take a ${slice / 1e6} ms time slice: they preempt other work when a request arrives` : 'this kernel has no custom time slices (Linux 6.12+); the app processes keep the default one');
+    }
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') log(`could not shorten the time slice of app ${app.slot}: ${(err as Error).message}`);
   }
 }
 
@@ -373,6 +406,7 @@ function startApps(c: KeeperConfig): void {
     });
     app.on('message', (m) => {
       if (m.rd === 'gated' && status.phase === 'booting' && allApps('gated')) setPhase('gated');
+      else if (m.rd === 'live' && status.phase === 'live') shortenSlice(app); // restarted after a crash
       else if (m.rd === 'listener-closed') app.status.state = 'draining';
       else if (m.rd === 'drained') {
         drained.add(app.slot);
