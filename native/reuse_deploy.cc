@@ -223,11 +223,12 @@ Napi::Value Flock(const Napi::CallbackInfo& info) {
 // shorter than the running one's preempts it (PREEMPT_SHORT in
 // check_preempt_wakeup_fair, kernel/sched/fair.c), and a group's slice is
 // the shortest of its members' (cfs_rq_min_slice), which carries it across
-// autogroups and cgroups. The policy and nice value are read first and written back
-// unchanged. Returns the slice the kernel reports afterwards: 0 where it
-// has no custom slices (older kernels ignore sched_runtime for these
-// policies), or null for a thread under another policy, which is left
-// alone. Throws on other errors (ESRCH: no such thread; EPERM: not ours).
+// autogroups and cgroups. The policy and nice value are read first and
+// written back unchanged. Returns the slice the kernel reports afterwards:
+// 0 where it has no custom slices (older kernels ignore sched_runtime for
+// these policies), or null for a thread under another policy, which is
+// left alone. Throws on other errors (ESRCH: no such thread; EPERM: not
+// ours).
 struct SchedAttr {
   uint32_t size;
   uint32_t sched_policy;
