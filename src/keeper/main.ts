@@ -166,6 +166,7 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked'): Promise<Ke
   status.liveAt = Date.now();
   setPhase('live');
   setBootPriority(false);
+  for (const app of apps) shortenSlice(app);
   return status;
 }
 
@@ -217,7 +218,6 @@ function setBootPriority(booting: boolean): void {
   // be lowered again.
   const helpers = process.getuid?.() === 0 ? wantedNice : 0;
   setNice(0, helpers);
-  for (const app of apps) shortenSlice(app);
   if (helpers !== 0 && apps.some((a) => a.status.pid)) {
     log(`the app processes' V8 threads (compiler, GC helpers) stay at nice ${helpers} for ${HELPERS_YOUNG_MS / 1000} s`);
     helpersTimer = setTimeout(() => setNice(0), HELPERS_YOUNG_MS);
