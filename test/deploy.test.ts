@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, afterEach, beforeEach, describe, test } from 'node:test';
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { keeperStop } from '../src/deploy/keeper-client';
 import { BOOT_NICE, BOOT_NICE_SLOW, BOOT_RAISE_MS, HELPERS_YOUNG_MS, SERVING_SLICE_NS } from '../src/protocol';
@@ -286,6 +286,29 @@ describe('speed and priority', () => {
     const logs = path.join(stateDir, 'app', 'logs');
     const said = fs.readdirSync(logs).some((f) => fs.readFileSync(path.join(logs, f), 'utf8').includes(`raising its CPU priority to nice ${BOOT_NICE_SLOW}`));
     assert.ok(said, 'the keeper logs the raise');
+  });
+
+  test('a boot that other work starves of CPU goes on at nice 0 before go-live', { skip: !fs.existsSync('/proc/self/schedstat') && 'no schedstat in /proc' }, async () => {
+    const v1 = await deploy('app.js');
+    assert.equal(v1.code, 0, v1.stderr);
+    remember(stateDir, 'app');
+    // One busy process per CPU and one more, each in a session of its own (so
+    // that they weigh against the booting release's session, not against the
+    // CLI's), bounded in time, and killed by pid after the test.
+    for (let i = 0; i <= os.availableParallelism(); i++) {
+      held.push(spawn(process.execPath, ['-e', 'const end = Date.now() + 30000; while (Date.now() < end);'], { detached: true, stdio: 'ignore' }));
+    }
+    await sleep(200);
+    const v2 = await deploy('app.js');
+    for (const child of held.splice(0)) child.kill('SIGKILL');
+    assert.equal(v2.code, 0, v2.stderr);
+    remember(stateDir, 'app');
+    const log = fs.readFileSync(path.join(stateDir, 'app', 'logs', 'r2.log'), 'utf8');
+    const busy = log.indexOf("the host's CPUs are busy");
+    assert.ok(busy >= 0, `the keeper says it raised the boot's priority:\n${log}`);
+    assert.match(log, /waited \d+ ms for a CPU and ran \d+ ms; the rest of the boot runs at nice 0/);
+    assert.ok(busy < log.indexOf('phase live'), 'before go-live');
+    assert.doesNotMatch(log, /raising its CPU priority to nice/, 'not the slow-boot fallback');
   });
 
   test("a serving app process's main thread takes the shortest time slice; Node's other threads and the keeper keep theirs", { skip: !hasCustomSlices && 'no custom time slices before Linux 6.12' }, async () => {
