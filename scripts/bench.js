@@ -18,7 +18,10 @@
 // CPU 1 and the load generator to CPU 0 (throughput, and the app process's
 // CPU time per request). The overhead's load generator is wrk where it is
 // installed (`apt install wrk`), which saturates the app; else
-// scripts/load.js, which does not, and the figures are noisier.
+// scripts/load.js, which does not, and the figures are noisier. Where wrk
+// is installed, also: reuse-deploy (one instance) deployed 8 times under a
+// load that saturates the host (wrk -t2 -c50, closed loop), against the
+// bare app's boot time under the same load.
 //
 // Prints one table on stdout, then the deploy phases of reuse-deploy, the
 // keep-alive rows' latency split by new and reused connections (each
@@ -31,7 +34,8 @@
 // total, default 1000), --conns C (default 32), --configs a,b,... ,
 // --modes ka,close, --gap-ms, --rest-ms, --keep-tmp, --rd-arg A (an extra
 // argument for every reuse-deploy deploy, repeatable: `--rd-arg=--warm-up=0`),
-// --overhead-rounds N (0 skips the preload measurement). --configs takes
+// --overhead-rounds N (0 skips the preload measurement), --saturated-deploys
+// N (default 8; 0 skips the saturated section). --configs takes
 // the keys above, e.g. `--configs rd-mig0-n2,rd-mig1-n2`.
 const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -62,7 +66,7 @@ const T_START = now();
 // ---------------------------------------------------------------- options
 
 function parseArgs(argv) {
-  const o = { quick: false, deploys: null, rate: 1000, conns: 32, configs: null, modes: ['ka', 'close'], gapMs: null, restMs: null, keepTmp: false, rdArgs: [], overheadRounds: null };
+  const o = { quick: false, saturatedDeploys: null, deploys: null, rate: 1000, conns: 32, configs: null, modes: ['ka', 'close'], gapMs: null, restMs: null, keepTmp: false, rdArgs: [], overheadRounds: null };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const [flag, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
@@ -79,6 +83,7 @@ function parseArgs(argv) {
       case '--keep-tmp': o.keepTmp = true; break;
       case '--rd-arg': o.rdArgs.push(val()); break;
       case '--overhead-rounds': o.overheadRounds = Number(val()); break;
+      case '--saturated-deploys': o.saturatedDeploys = Number(val()); break;
       case '--help':
       case '-h':
         process.stdout.write(fs.readFileSync(__filename, 'utf8').split('\n').filter((l) => l.startsWith('//')).map((l) => l.slice(3)).join('\n') + '\n');
@@ -98,6 +103,7 @@ function parseArgs(argv) {
   o.settleMs = o.quick ? 800 : 1500; // load continues after the last deploy
   o.bootSamples = o.quick ? 5 : 10;
   if (o.overheadRounds === null) o.overheadRounds = o.quick ? 2 : 4;
+  if (o.saturatedDeploys === null) o.saturatedDeploys = o.quick ? 3 : 8;
   o.overheadWindowMs = o.quick ? 1500 : 2000;
   o.timeoutMs = 2000;
   if (!(o.deploys >= 1) || !(o.rate >= 1) || !(o.conns >= 1)) {
@@ -766,17 +772,28 @@ function cpuNs(pid) {
 /** wrk, when installed (the Debian package): the preload overhead is measured with it. */
 const WRK = ['/usr/bin/wrk', '/usr/local/bin/wrk'].find((f) => fs.existsSync(f)) || null;
 
-/** One closed-loop wrk run (1 thread, --conns keep-alive connections), on CPU 0 when pinned. */
-async function wrk(port, ms, pinned) {
-  const args = ['-t1', `-c${opts.conns}`, `-d${Math.max(1, Math.round(ms / 1000))}s`, '--timeout', '2s', `http://127.0.0.1:${port}/`];
+/** wrk's latency figure ("532.00us", "5.54ms", "1.02s") in ms. */
+function wrkMs(text) {
+  const m = /^([\d.]+)(us|ms|s)$/.exec(text || '');
+  return m ? Number(m[1]) * { us: 0.001, ms: 1, s: 1000 }[m[2]] : null;
+}
+
+/**
+ * One closed-loop wrk run (keep-alive connections, each sending its next
+ * request as soon as its answer arrives), on CPU 0 when pinned: throughput,
+ * failures by kind, and p50/p99 of the run (`--latency`).
+ */
+async function wrk(port, ms, { pinned = false, threads = 1, conns = opts.conns } = {}) {
+  const args = [`-t${threads}`, `-c${conns}`, `-d${Math.max(1, Math.round(ms / 1000))}s`, '--timeout', '2s', '--latency', `http://127.0.0.1:${port}/`];
   const r = pinned ? await run('taskset', ['-c', '0', WRK, ...args], { timeoutMs: ms + 30_000 }) : await run(WRK, args, { timeoutMs: ms + 30_000 });
   const text = r.out || '';
   const rps = Number((/Requests\/sec:\s+([\d.]+)/.exec(text) || [])[1]);
   const requests = Number((/(\d+) requests in/.exec(text) || [])[1]);
   if (!(rps > 0) || !(requests > 0)) throw new Error(`wrk gave no result: ${text.trim().split('\n').slice(-3).join(' / ') || r.err}`);
   const non2xx = Number((/Non-2xx or 3xx responses:\s+(\d+)/.exec(text) || [])[1] || 0);
-  const sockErr = (/Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(text) || []).slice(1).reduce((a, x) => a + Number(x), 0);
-  return { rps, requests, failed: non2xx + sockErr };
+  const [connect, read, write, timeout] = (/Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(text) || [0, 0, 0, 0, 0]).slice(1).map(Number);
+  const p = (q) => wrkMs((new RegExp(`^\\s+${q}%\\s+(\\S+)`, 'm').exec(text) || [])[1]);
+  return { rps, requests, failed: non2xx + connect + read + write + timeout, byKind: { connect, read, write, timeout, non2xx }, p50: p(50), p99: p(99), text };
 }
 
 /** Pins every thread of `pid` to one CPU (taskset); false where that is not possible. */
@@ -835,7 +852,7 @@ async function measureOverhead(tmp, appEntry) {
   // wrk saturates the app (the Node load generator did not: the app idled
   // ~40% of the time, and its CPU per request moved with the generator's
   // pace); a first untimed run per process lets V8 finish its tier-up.
-  if (WRK) for (const p of procs) await wrk(p.port, 2_000, pinned);
+  if (WRK) for (const p of procs) await wrk(p.port, 2_000, { pinned });
   for (let round = 0; round < opts.overheadRounds && !interrupted; round++) {
     const measured = new Map();
     for (let i = 0; i < procs.length; i++) {
@@ -875,7 +892,7 @@ async function measureOverhead(tmp, appEntry) {
 async function loadOne(p, windowMs, pinned, outFile) {
   if (WRK) {
     const c0 = cpuNs(p.pid);
-    const w = await wrk(p.port, windowMs, pinned);
+    const w = await wrk(p.port, windowMs, { pinned });
     return { rps: w.rps, cpuUsPerReq: (cpuNs(p.pid) - c0) / 1000 / Math.max(1, w.requests), requests: w.requests, failed: w.failed };
   }
   const load = startLoad({ ns: null, port: p.port, mode: 'ka', rate: 0, durationMs: windowMs + opts.warmupMs, maxRequests: 2_000_000, outFile, cpu: pinned ? 0 : null });
@@ -895,6 +912,57 @@ async function loadOne(p, windowMs, pinned, outFile) {
     }
   }
   return { rps: n / ((r.end - r.t0 - opts.warmupMs) / 1000), cpuUsPerReq: cpu / 1000 / Math.max(1, all), requests: r.requests, failed };
+}
+
+// ---------------------------------------------------------------- saturating load
+
+/** wrk's threads and connections for the saturated section. */
+const SATURATE = { threads: 2, conns: 50 };
+
+/**
+ * reuse-deploy (one instance, this namespace) under a load that saturates
+ * the host: wrk -t2 -c50, closed loop, as in the issue's nginx and PM2
+ * figures. The rate-limited rows above leave CPU to spare; here every CPU
+ * is busy, so a deploy's processes compete for it with the live version
+ * and the load generator. wrk reports latency over a whole run only, so
+ * the rest window and the deploy window are two runs; between them, the
+ * bare app's boot time is measured under the same load (the fair measure
+ * to hold a deploy's wall time against). Deploys start opts.gapMs (at
+ * least 1.5 s: more than the handshake grace, which a deploy would wait
+ * out) after the previous one ended, while the wrk run has 2 s left.
+ */
+async function measureSaturated(tmp, appEntry) {
+  const port = await freePort();
+  const impl = reuseDeploy(null, port, path.join(tmp, 'state-saturated'), appEntry);
+  await impl.start('v0');
+  try {
+    await wrk(port, 1_000, SATURATE); // connections and JIT warm
+    log(`saturated: rest window (${opts.restMs} ms)`);
+    const rest = await wrk(port, opts.restMs, SATURATE);
+    log(`saturated: rest ${fmt(rest.rps, 0)} req/s, p50 ${rest.p50} ms, p99 ${rest.p99} ms; bare boots under the same load`);
+    const bootLoad = wrk(port, (opts.bootSamples + 2) * 1_000, SATURATE);
+    await sleep(1_000);
+    const bootsLoaded = await measureBoot(opts.bootSamples);
+    await bootLoad;
+    const gapMs = Math.max(opts.gapMs, 1_500);
+    const windowMs = opts.saturatedDeploys * (gapMs + 1_500) + 2_000;
+    log(`saturated: ${opts.saturatedDeploys} deploys under wrk (${windowMs} ms)`);
+    const loadStart = now();
+    const loaded = wrk(port, windowMs, SATURATE);
+    await sleep(1_000);
+    const deploys = [];
+    for (let i = 1; i <= opts.saturatedDeploys && !interrupted && now() < loadStart + windowMs - 2_000; i++) {
+      const d = await impl.deploy(`v${i}`);
+      deploys.push(d);
+      log(`saturated: deploy ${i} ${d.ok ? 'ok' : 'FAILED'} in ${Math.round(d.wallMs)} ms`);
+      await sleep(gapMs);
+    }
+    const dep = await loaded;
+    for (const w of [rest, dep]) delete w.text;
+    return { threads: SATURATE.threads, conns: SATURATE.conns, rest, dep, deploys: deploys.map(({ ok, wallMs, phases, error }) => ({ ok, wallMs, phases, error })), bootsLoadedMs: bootsLoaded };
+  } finally {
+    await impl.stop();
+  }
 }
 
 // ---------------------------------------------------------------- output
@@ -1089,6 +1157,19 @@ async function main() {
       notes.push(`preload overhead: measurement failed: ${err.message.split('\n')[0]}`);
     }
   }
+  let saturated = null;
+  if (!interrupted && opts.saturatedDeploys > 0) {
+    if (!WRK) notes.push('saturated load: skipped, wrk is not installed (`apt install wrk`)');
+    else {
+      log(`measuring ${opts.saturatedDeploys} reuse-deploy deploys under a saturating load (wrk -t${SATURATE.threads} -c${SATURATE.conns})`);
+      try {
+        saturated = await measureSaturated(tmp, appEntry);
+      } catch (err) {
+        log(`saturated measurement failed: ${err.message}`);
+        notes.push(`saturated load: measurement failed: ${err.message.split('\n')[0]}`);
+      }
+    }
+  }
   if (interrupted) return;
   meta.loadavgEnd = os.loadavg();
   meta.durationS = (now() - T_START) / 1000;
@@ -1160,6 +1241,18 @@ async function main() {
     out.push(table(['variant', 'req/s', 'vs bare', 'range', 'CPU µs/req', 'vs bare', 'range', 'req/s per process (median)'], overhead.map((v, i) => [v.label, fmt(v.rps, 0), i ? pct(v.rpsDiffPct) : '', i ? range(v.rpsDiffRange) : '', fmt(v.cpuUsPerReq, 1), i ? pct(v.cpuDiffPct) : '', i ? range(v.cpuDiffRange) : '', v.perProcessRps.map((x) => fmt(x / 1000, 1) + 'k').join(' ')]), 1));
   }
 
+  if (saturated) {
+    const { rest, dep } = saturated;
+    const walls = saturated.deploys.filter((d) => d.ok).map((d) => d.wallMs);
+    const bootLoaded = median(saturated.bootsLoadedMs);
+    out.push('');
+    out.push(`saturating load: wrk -t${saturated.threads} -c${saturated.conns} (closed loop, keep-alive) against reuse-deploy (one instance, this namespace); rest and deploy windows are separate wrk runs; boot under load = the bare app's boot while wrk runs (median of ${saturated.bootsLoadedMs.length}); failed = connect/read/write/timeout/non-2xx:`);
+    out.push(table(['window', 'deploys', 'requests', 'req/s', 'failed', 'by kind', 'p50', 'p99', 'p99 x', 'wall med', 'wall range', 'boot idle', 'boot loaded', 'wall-boot loaded'], [
+      ['rest', '-', rest.requests, fmt(rest.rps, 0), rest.failed, Object.values(rest.byKind).join('/'), fmt(rest.p50, 2), fmt(rest.p99, 2), '', '', '', '', '', ''],
+      ['with deploys', `${walls.length}/${saturated.deploys.length}`, dep.requests, fmt(dep.rps, 0), dep.failed, Object.values(dep.byKind).join('/'), fmt(dep.p50, 2), fmt(dep.p99, 2), rest.p99 ? fmt(dep.p99 / rest.p99, 2) : '-', fmt(median(walls), 0), walls.length ? `${Math.round(Math.min(...walls))}-${Math.round(Math.max(...walls))}` : '-', fmt(bootMs, 1), fmt(bootLoaded, 1), fmt(median(walls) - bootLoaded, 0)],
+    ], 1));
+  }
+
   // ---- targets
   const targets = [];
   for (const s of rdScen) {
@@ -1179,6 +1272,14 @@ async function main() {
       targets.push({ target: `preload overhead <= 1% (${v.label}), CPU per request`, value: `${pct(v.cpuDiffPct)} vs bare${unsure(v.cpuDiffRange, 1, 1)}`, pass: v.cpuDiffPct <= 1 });
     }
   }
+  if (saturated) {
+    const walls = saturated.deploys.filter((d) => d.ok).map((d) => d.wallMs);
+    const ratio = saturated.rest.p99 && saturated.dep.p99 !== null ? saturated.dep.p99 / saturated.rest.p99 : null;
+    const overBoot = median(walls) - median(saturated.bootsLoadedMs);
+    targets.push({ target: 'saturated (wrk): 0 failed requests', value: saturated.dep.failed, pass: saturated.dep.failed === 0 && saturated.deploys.every((d) => d.ok) });
+    targets.push({ target: 'saturated (wrk): p99 with deploys <= 1.5x p99 at rest', value: ratio === null ? null : `${fmt(ratio, 2)}x`, pass: ratio !== null && ratio <= 1.5 });
+    targets.push({ target: 'saturated (wrk): deploy wall - boot under the same load <= 150 ms', value: `${fmt(overBoot, 0)} ms`, pass: walls.length > 0 && overBoot <= 150 });
+  }
   out.push('');
   out.push('targets:');
   for (const t of targets) out.push(`  ${t.pass ? 'PASS' : 'FAIL'}  ${t.target}: ${t.value ?? '-'}`);
@@ -1195,7 +1296,7 @@ async function main() {
   out.length = 0;
   fs.mkdirSync(RESULTS, { recursive: true });
   const stem = path.join(RESULTS, `bench-${meta.date.replace(/[:.]/g, '-')}${opts.quick ? '-quick' : ''}`);
-  const json = { meta, notes, boot: { samples: bootSamples, medianMs: bootMs }, scenarios, overhead, targets };
+  const json = { meta, notes, boot: { samples: bootSamples, medianMs: bootMs }, scenarios, overhead, saturated, targets };
   fs.writeFileSync(`${stem}.json`, JSON.stringify(json));
   fs.writeFileSync(`${stem}.svg`, svgPicture(scenarios, `reuse-deploy benchmark ${meta.date}: throughput and failures per 100 ms`));
   out.push(`raw results: ${path.relative(ROOT, stem)}.json  picture: ${path.relative(ROOT, stem)}.svg  (run took ${fmt(meta.durationS, 0)} s)`);
