@@ -145,8 +145,12 @@ export async function drainServer(tracked: Tracked, timeoutMs: number, onListene
     // Not once the drain is cancelled (parked, then live again).
     if (!handing || !handOff || tracked.closeEach !== closeEach) return;
     const now = Date.now();
+    const due = [...candidates].filter((s) => (turn.get(s) ?? started) <= now);
+    // Most answers of the spread come from connections whose turn has not
+    // come: nothing to do, and no look at the server's connection list.
+    if (due.length === 0) return;
     handOff(
-      [...candidates].filter((s) => (turn.get(s) ?? started) <= now),
+      due,
       (r) => {
         handedOver += r.handed;
         if (r.error !== null) handing = false;

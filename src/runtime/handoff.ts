@@ -75,10 +75,11 @@ const awaitingAck = new WeakSet<net.Socket>();
  */
 function takeIdle(server: net.Server, candidates: Iterable<net.Socket>): net.Socket[] {
   const list = connectionsList(server);
-  if (!list) return [];
+  const wanted = [...candidates];
+  if (!list || wanted.length === 0) return [];
   const idle = new Set(list.idle().map((p) => p.socket));
   const taken: net.Socket[] = [];
-  for (const socket of candidates) {
+  for (const socket of wanted) {
     const handle = handleOf(socket);
     const busy =
       awaitingAck.has(socket) ||
