@@ -238,7 +238,7 @@ describe('speed and priority', () => {
     assert.match(bad.stderr, /--warm-up "lots" is not valid/);
   });
 
-  test("a booting release's session runs at nice 19, at 10 once its boot is slow, and at 0 from go-live; as root, its V8 threads 10 s later", { skip: !fs.existsSync('/proc/self/autogroup') && 'no CFS autogroup in this kernel' }, async () => {
+  test("a booting release's session runs at nice 19, at 10 once its boot is slow, and at 0 from go-live; as root, its V8 threads 10 s later", { skip: !fs.existsSync('/proc/self/autogroup') && 'no CFS autogroup in this kernel' }, async (t) => {
     const niceOf = (pid: number): number => Number(/nice (-?\d+)/.exec(fs.readFileSync(`/proc/${pid}/autogroup`, 'utf8'))![1]);
     const v1 = await deploy('app.js');
     assert.equal(v1.code, 0, v1.stderr);
@@ -253,10 +253,28 @@ describe('speed and priority', () => {
       return booting > 0;
     }, 10_000, 'the new release to be recorded as starting');
     const [app] = processGroup(booting).filter((pid) => pid !== booting);
+    // On a host whose CPUs other work keeps busy the boot runs at 0 (the next
+    // test); this one needs CPU to spare, and says so rather than fail.
+    const bootLog = (): string => {
+      try {
+        return fs.readFileSync(path.join(stateDir, 'app', 'logs', 'r2.log'), 'utf8');
+      } catch {
+        return '';
+      }
+    };
+    const busy = (): boolean => bootLog().includes("the host's CPUs are busy");
+    const skipBusy = async (): Promise<void> => {
+      t.diagnostic(`the host was busy, so the boot ran at nice 0: ${bootLog().split('\n').find((l) => l.includes('CPUs are busy'))}`);
+      t.skip('the host was too busy for a boot at nice 19');
+      await slow;
+    };
+    await waitUntil(() => bootLog().includes(' bound '), 10_000, 'the keeper to log its bind');
+    if (busy()) return skipBusy();
     assert.equal(niceOf(booting), BOOT_NICE, 'the booting keeper session');
     if (app) assert.equal(niceOf(app), BOOT_NICE, 'its app shares the session');
     assert.equal(niceOf(liveKeeper!), 0, 'the live release is left alone');
-    await waitUntil(() => niceOf(booting) === BOOT_NICE_SLOW, BOOT_RAISE_MS + 2_000, `the session at nice ${BOOT_NICE_SLOW} once the boot took ${BOOT_RAISE_MS} ms`);
+    await waitUntil(() => niceOf(booting) === BOOT_NICE_SLOW || busy(), BOOT_RAISE_MS + 2_000, `the session at nice ${BOOT_NICE_SLOW} once the boot took ${BOOT_RAISE_MS} ms`);
+    if (busy()) return skipBusy();
     const r = await slow;
     assert.equal(r.code, 0, r.stderr);
     remember(stateDir, 'app');
@@ -306,7 +324,7 @@ describe('speed and priority', () => {
     const log = fs.readFileSync(path.join(stateDir, 'app', 'logs', 'r2.log'), 'utf8');
     const busy = log.indexOf("the host's CPUs are busy");
     assert.ok(busy >= 0, `the keeper says it raised the boot's priority:\n${log}`);
-    assert.match(log, /waited \d+ ms for a CPU and ran \d+ ms; the rest of the boot runs at nice 0/);
+    assert.match(log, /the keeper and app processes waited \d+ ms for a CPU and ran \d+ ms; the rest of the boot runs at nice 0/);
     assert.ok(busy < log.indexOf('phase live'), 'before go-live');
     assert.doesNotMatch(log, /raising its CPU priority to nice/, 'not the slow-boot fallback');
   });

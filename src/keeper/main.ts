@@ -263,26 +263,26 @@ function shortenSlice(app: AppProcess): void {
 }
 
 /**
- * Booting at nice 19 costs the boot little while the host has CPU to
- * spare, and keeps it from taking CPU from the live version. On a host whose
- * CPUs other work keeps busy (a saturating load generator, or the live
- * version at full tilt), it made the boot crawl: under `wrk -t2 -c50` on
- * this 2-CPU host, deploys took 333-1198 ms (median 518; 180-535, median
- * 376, with what follows), and the live version's p99 was no better for
- * it. So the
+ * Booting at nice 19 costs the boot little while the host has CPU to spare,
+ * and keeps it from taking CPU from the live version. On a host whose CPUs
+ * other work keeps busy (a saturating load generator, or the live version
+ * at full tilt), it made the boot crawl: under `wrk -t2 -c50` on this 2-CPU
+ * host, deploys took 333-1198 ms (median 518; 180-535, median 376, with
+ * what follows), and the live version's p99 was no better for it. So the
  * keeper watches its own main thread and its app processes' while they
  * boot: their time on a CPU and their time runnable but waiting for one,
  * since each process started (/proc/<pid>/schedstat; sched_info in
- * kernel/sched/stats.h, zeroed by sched_fork). Once they have waited longer
- * than they ran, the boot is being starved by other work, and the session
- * goes to nice 0 for the rest of it (go-live sets 0 anyway). Under the
- * saturating wrk that came within the keeper's own start-up (it had waited
- * 47-84 ms and run 22-24); under the benchmark's 1000 req/s, with CPU to
- * spare, it came in none of 44 deploys of one and two app processes, whose
- * main threads ran 7-19 ms and waited 2-13 ms of each 20 ms while booting.
- * A boot that is slow without being starved (it waits for I/O or a
- * timer), or where schedstat cannot be read, goes to
- * BOOT_NICE_SLOW once it has taken BOOT_RAISE_MS.
+ * kernel/sched/stats.h, zeroed by sched_fork). Once they have waited 1.5
+ * times as long as they ran, the boot is being starved by other work, and
+ * the session goes to nice 0 for the rest of it (go-live sets 0 anyway).
+ * Under the saturating wrk that came within the keeper's own start-up (it
+ * had waited 47-87 ms and run 19-24); under the benchmark's 1000 req/s,
+ * with CPU to spare, a two-process boot once reached 63 ms of waiting
+ * against 58 of running (44 deploys of one and two app processes), and
+ * booting main threads ran 7-19 ms and waited 2-13 ms of each 20 ms. A boot
+ * that is slow without being starved (it waits for I/O or a timer), or
+ * where schedstat cannot be read, goes to BOOT_NICE_SLOW once it has taken
+ * BOOT_RAISE_MS.
  */
 const STARVE_STEP_MS = 20;
 let starveTimer: NodeJS.Timeout | undefined;
@@ -303,8 +303,10 @@ function raiseBootPriorityWhenStarved(): void {
       run += stat?.run ?? 0;
       wait += stat?.wait ?? 0;
     }
-    // A boot that has wanted a CPU for a while, and waited for it more than it had it.
-    if (run + wait < 20e6 || wait <= run) return;
+    // A boot that has wanted a CPU for a while, and had it less than 40% of
+    // that time. Not just more waiting than running: two app processes and
+    // the keeper booting on two CPUs wait for each other too.
+    if (run + wait < 20e6 || wait <= 1.5 * run) return;
     clearInterval(starveTimer);
     clearTimeout(raiseTimer);
     log(`the host's CPUs are busy: the keeper and app processes waited ${Math.round(wait / 1e6)} ms for a CPU and ran ${Math.round(run / 1e6)} ms; the rest of the boot runs at nice 0`);
