@@ -281,19 +281,13 @@ function shortenSlice(app: AppProcess): void {
  * against 58 of running (44 deploys of one and two app processes), and
  * booting main threads ran 7-19 ms and waited 2-13 ms of each 20 ms. A boot
  * that is slow without being starved (it waits for I/O or a timer), or
- * where schedstat cannot be read, goes to BOOT_NICE_SLOW once it has taken
- * BOOT_RAISE_MS.
+ * where schedstat cannot be read, goes to BOOT_NICE_SLOW once its app
+ * processes have been booting for BOOT_RAISE_MS (raiseBootPriorityLater).
  */
 const STARVE_STEP_MS = 20;
 let starveTimer: NodeJS.Timeout | undefined;
 function raiseBootPriorityWhenStarved(): void {
-  clearTimeout(raiseTimer);
   clearInterval(starveTimer);
-  raiseTimer = setTimeout(() => {
-    log(`still booting after ${BOOT_RAISE_MS} ms: raising its CPU priority to nice ${BOOT_NICE_SLOW}`);
-    setNice(BOOT_NICE_SLOW);
-  }, BOOT_RAISE_MS);
-  raiseTimer.unref();
   const check = (): void => {
     if (status.phase !== 'booting' && status.phase !== 'gated') return clearInterval(starveTimer);
     let run = 0;
@@ -315,6 +309,17 @@ function raiseBootPriorityWhenStarved(): void {
   starveTimer = setInterval(check, STARVE_STEP_MS);
   starveTimer.unref();
   check();
+}
+
+/** Started with the apps: a boot still going after BOOT_RAISE_MS, and not raised already, goes to BOOT_NICE_SLOW. */
+function raiseBootPriorityLater(): void {
+  clearTimeout(raiseTimer);
+  if (wantedNice <= BOOT_NICE_SLOW) return;
+  raiseTimer = setTimeout(() => {
+    log(`still booting after ${BOOT_RAISE_MS} ms: raising its CPU priority to nice ${BOOT_NICE_SLOW}`);
+    setNice(BOOT_NICE_SLOW);
+  }, BOOT_RAISE_MS);
+  raiseTimer.unref();
 }
 
 /** A thread's time on a CPU and time runnable but waiting, in ns (/proc/<pid>/schedstat); null where unreadable. */
@@ -554,6 +559,7 @@ async function main(): Promise<void> {
     status.listener = 'bound';
     log(`bound ${address}:${c.port} (not listening yet); starting ${c.instances} app process(es)`);
     startApps(c);
+    raiseBootPriorityLater();
   }
 
   const { serveControl } = require('./control') as typeof import('./control');
