@@ -278,7 +278,7 @@ function shortenSlice(app: AppProcess): void {
  * Under the saturating wrk that came within the keeper's own start-up (it
  * had waited 47-87 ms and run 19-24); under the benchmark's 1000 req/s,
  * with CPU to spare, a two-process boot once reached 63 ms of waiting
- * against 58 of running (44 deploys of one and two app processes), and
+ * against 58 of running (88 deploys of one and two app processes), and
  * booting main threads ran 7-19 ms and waited 2-13 ms of each 20 ms. A boot
  * that is slow without being starved (it waits for I/O or a timer), or
  * where schedstat cannot be read, goes to BOOT_NICE_SLOW once its app
