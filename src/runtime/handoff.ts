@@ -75,11 +75,10 @@ const awaitingAck = new WeakSet<net.Socket>();
  */
 function takeIdle(server: net.Server, candidates: Iterable<net.Socket>): net.Socket[] {
   const list = connectionsList(server);
-  const wanted = [...candidates];
-  if (!list || wanted.length === 0) return [];
+  if (!list) return [];
   const idle = new Set(list.idle().map((p) => p.socket));
   const taken: net.Socket[] = [];
-  for (const socket of wanted) {
+  for (const socket of candidates) {
     const handle = handleOf(socket);
     const busy =
       awaitingAck.has(socket) ||
