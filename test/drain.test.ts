@@ -242,6 +242,25 @@ describe('drain', () => {
     for (const s of [idle, partial]) s.destroy();
   });
 
+  test("an upgraded connection opened after go-live holds the old version until the app's drain hook closes it", async () => {
+    // Once live, a plain HTTP server's connections are not tracked one by
+    // one (Node's own list has them), and an upgraded one leaves that list:
+    // the drain must still see it and wait for it.
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--env', 'UPGRADE_BYE_MS=600');
+    const s = await rawConnection();
+    let got = '';
+    s.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    const closed = new Promise<void>((resolve) => s.once('close', () => resolve()));
+    s.on('error', () => undefined);
+    s.write('GET /ws HTTP/1.1\r\nhost: localhost\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n');
+    await waitUntil(() => got.includes('101 Switching Protocols'), 5_000, 'the upgrade answer');
+    s.write('ping\n');
+    await waitUntil(() => got.endsWith('ping\n'), 5_000, 'the echo');
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v2');
+    await closed;
+    assert.ok(got.endsWith('v1 bye\n'), `the app ended the upgraded connection itself, after its hook's delay; got ${JSON.stringify(got)}`);
+  });
+
   test('with --no-handoff, keep-alive connections are asked to close in turns, not all at once', async () => {
     await deploy('drain-app.js', '--env', 'APP_VERSION=v1');
     // Six connections of their own, one request each every 20 ms.

@@ -41,6 +41,7 @@ const RECEIVE_WAIT_MS = 1_000;
 
 interface ConnectionsList {
   idle(): Array<{ socket?: net.Socket }>;
+  all(): Array<{ socket?: net.Socket }>;
 }
 
 interface HandleInternals {
@@ -51,10 +52,10 @@ interface HandleInternals {
 }
 
 /** The http server's own list of its connections' parsers (lib/_http_server.js, kConnections); null for other servers. */
-function connectionsList(server: net.Server): ConnectionsList | null {
+export function connectionsList(server: net.Server): ConnectionsList | null {
   const sym = Object.getOwnPropertySymbols(server).find((s) => s.description === 'http.server.connections');
   const list = sym ? (server as unknown as Record<symbol, unknown>)[sym] : undefined;
-  return list && typeof (list as ConnectionsList).idle === 'function' ? (list as ConnectionsList) : null;
+  return list && typeof (list as ConnectionsList).idle === 'function' && typeof (list as ConnectionsList).all === 'function' ? (list as ConnectionsList) : null;
 }
 
 /** A plain HTTP/1 server whose connections can be handed over (or received). */

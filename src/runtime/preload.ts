@@ -13,8 +13,8 @@ import fs from 'node:fs';
 import net from 'node:net';
 import type tls from 'node:tls';
 import { APP_LISTEN_FD, ENV, type AppMessage, type KeeperMessage } from '../protocol';
-import { countInflight, drainServer, stopClosingConnections, track, type HandOff, type Tracked } from './drain';
-import { canHandOff, handOffIdle, receiveHandOffs } from './handoff';
+import { countInflight, drainServer, openSockets, stopClosingConnections, track, trackLazily, type HandOff, type Tracked } from './drain';
+import { canHandOff, connectionsList, handOffIdle, receiveHandOffs } from './handoff';
 import { parseListenArgs, type ListenCall } from './listen-args';
 
 interface RuntimeConfig {
@@ -135,8 +135,9 @@ function install(config: RuntimeConfig): void {
       probe = null;
       send({ rd: 'live' });
       // Node's http server sets up its connection list on 'listening', before this.
-      if (config.handoffSocket && !receiver && canHandOff(server, tls, h2)) {
-        receiver = receiveHandOffs(native(), server, config.handoffSocket, (m) => console.error(`reuse-deploy: ${m}`));
+      if (canHandOff(server, tls, h2)) {
+        trackLazily(tracked, connectionsList(server));
+        if (config.handoffSocket && !receiver) receiver = receiveHandOffs(native(), server, config.handoffSocket, (m) => console.error(`reuse-deploy: ${m}`));
       }
     });
     // Node calls listen(2) again on the keeper's socket, which is already
@@ -205,7 +206,7 @@ function install(config: RuntimeConfig): void {
       goLive();
     }
     else if (message.rd === 'stats') {
-      send({ rd: 'stats', connections: gated?.tracked.sockets.size ?? 0, inflight: gated ? countInflight(gated.tracked) : 0 });
+      send({ rd: 'stats', connections: gated ? openSockets(gated.tracked).size : 0, inflight: gated ? countInflight(gated.tracked) : 0 });
     } else if (message.rd === 'drain' && !draining) {
       draining = true;
       // Stay up once the server is closed: the keeper decides when this
