@@ -65,13 +65,11 @@ export async function resolveHost(value: unknown): Promise<string> {
 
 /**
  * Warm-up requests per app process before go-live (see warmUp in health.ts).
- * None by default. Measured with wrk on the public TCP port, an app process
- * sometimes settles at a request cost 15-25% above a bare app's for its
- * whole life, and warmed-up processes did so more often: all of them in one
- * series, 2 of 6 against 0 of 6 unwarmed in another (README, "What a deploy
- * does", step 5). Sending the warm-up through loopback TCP instead of the
- * unix socket did not help. A faster first 100 ms after go-live is not
- * worth that risk.
+ * None by default: a process warmed up with 200 answered every later
+ * request at ~20% more CPU than a bare app, for its whole life (3 of 3,
+ * side by side on one CPU), as did a bare app warmed up the same way before
+ * its listen(); see README, "What a deploy does", step 5. A faster first
+ * 100 ms after go-live is not worth that.
  */
 export const DEFAULT_WARM_UP = 0;
 
