@@ -812,27 +812,30 @@ function pin(pid, cpu) {
  * measured side by side. One process of each variant, plus a second bare
  * one as a control, all pinned to CPU 1 in sessions of their own (so that
  * CFS autogroup gives each an equal share) and with the same time slice
- * (see equalizeSlices below), are loaded at the same time,
- * each by its own load generator (keep-alive, closed loop) pinned to CPU 0.
- * Per window, each process's CPU time per request (its threads' run time,
+ * (see equalizeSlices below), are loaded at the same time, each by its
+ * own closed-loop load generator pinned to CPU 0, in keep-alive windows
+ * and in windows of a new connection per request. Per window, each
+ * process's CPU time per request (its threads' run time,
  * /proc/<pid>/task/<tid>/schedstat, over the requests it answered) is
- * compared with the mean of the two bare ones' in the same window. Side by side, the
- * host's speed is the same for all of them: loaded one after the other,
+ * compared with the mean of the two bare ones' in the same window. Side
+ * by side, the host's speed is the same for all of them: loaded one after the other,
  * as an earlier version did, throughput moved 15-20% between seconds (the
  * host switches between a fast and a slow mode), and the per-round
  * difference spanned -9..+4%. What is left is each process's own luck
- * (its JIT decisions, its heap): two bare processes side by side differed
- * by a steady 0.7-1.1% over eight 4 s windows. So the measure is repeated
- * over opts.overheadSets sets of fresh processes, each first loaded
- * OVERHEAD_WARMUP_MS untimed; a set's figure is the median of its windows,
+ * (its JIT decisions, its heap): of two bare processes side by side, one
+ * cost 0.7-1.2% more than the other in seven of eight 4 s windows. So the
+ * measure is repeated over opts.overheadSets sets of processes, all
+ * started before the first is measured, each set first loaded untimed
+ * (OVERHEAD_WARMUP_MS); a set's figure is the median of its windows,
  * the variant's the median over the sets. The control's figure is the
  * method's own noise. Throughput is given per CPU-second (1 s / CPU time
  * per request): a process's own requests per second depend on the share
  * of CPU 1 it got in a window.
  */
-// With 3 s, the first two windows of a set still differed by up to 17%
-// between its processes, later ones by 2% at most (V8's tier-up, the young
-// generation's growth).
+// Keep-alive; half of it for a new connection per request. A version that
+// started each set's processes just before measuring them saw their first
+// windows differ by up to 39% (V8's tier-up, the young generation's growth,
+// and the deployed process's V8 threads at nice 19 for its first 10 s).
 const OVERHEAD_WARMUP_MS = 4_000;
 /** Keep-alive, and a new connection per request: the runtime's per-connection work (tracking for the drain) shows only in the second. */
 const OVERHEAD_MODES = ['ka', 'close'];
@@ -1304,7 +1307,7 @@ async function main() {
     const span = (r) => `${pct(r[0])}..${pct(r[1])}`;
     const sets = overhead[0].perSetDiffPct.length;
     const sliceNote = (ns) => (ns.some((x) => x !== null) ? `every process with the deployed one's time slice (${[...new Set(ns.filter((x) => x !== null).map((x) => x / 1e6))].join('/')} ms); ` : '');
-    out.push(`runtime preload overhead: the variants side by side, one process each, apps pinned to CPU 1, one load generator each (${WRK ? 'wrk' : 'scripts/load.js; install wrk for a load that saturates the app'}, closed loop, ${opts.conns} connections, keep-alive and a new connection per request) on CPU 0; ${sliceNote(overhead[0].sliceNs)}${sets} sets of processes, ${opts.overheadRounds} windows of ${opts.overheadWindowMs} ms each after ${OVERHEAD_WARMUP_MS / 1000} s untimed; CPU = the app process's CPU time per request; vs bare = median over the sets of each set's median difference, window by window, to the mean of its two bare processes (range over the sets); the control is the second bare process, against the first: the method's noise:`);
+    out.push(`runtime preload overhead: the variants side by side, one process each, apps pinned to CPU 1, one load generator each (${WRK ? 'wrk' : 'scripts/load.js; install wrk for a load that saturates the app'}, closed loop, ${opts.conns} connections, keep-alive and a new connection per request) on CPU 0; ${sliceNote(overhead[0].sliceNs)}${sets} sets of processes, ${opts.overheadRounds} windows of ${opts.overheadWindowMs} ms each after ${OVERHEAD_WARMUP_MS / 1000} s (keep-alive) and ${OVERHEAD_WARMUP_MS / 2000} s (new connections) untimed; CPU = the app process's CPU time per request; vs bare = median over the sets of each set's median difference, window by window, to the mean of its two bare processes (range over the sets); the control is the second bare process, against the first: the method's noise:`);
     out.push(table(['variant', 'mode', 'CPU µs/req', 'req per CPU-s', 'vs bare', 'range', 'per set', 'window IQR', 'failed'], overhead.map((v) => [v.label, v.mode === 'ka' ? 'keep-alive' : 'conn/req', fmt(v.cpuUsPerReq, 2), fmt(v.reqPerCpuSecond, 0), v.key !== 'bare' ? pct(v.cpuDiffPct) : '', v.key !== 'bare' ? span(v.cpuDiffRange) : '', v.key !== 'bare' ? v.perSetDiffPct.map(pct).join(' ') : '', v.key !== 'bare' ? span(v.windowDiffIqr) : '', v.failed]), 1));
   }
 
