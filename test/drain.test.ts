@@ -242,6 +242,28 @@ describe('drain', () => {
     for (const s of [idle, partial]) s.destroy();
   });
 
+  test('status counts a live server\'s open connections and requests in flight', async () => {
+    // Counted from Node's own connection list once live (drain.ts, trackLazily).
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--env', 'SLOW_MS=4000');
+    const idle = [await rawConnection(), await rawConnection()];
+    for (const s of idle) assert.match((await ask(s)).body, /^v1 /);
+    const busy = await rawConnection();
+    busy.on('error', () => undefined);
+    busy.write('GET /slow HTTP/1.1\r\nhost: localhost\r\n\r\n');
+    const count = async () => {
+      const r = await runCli(['status', '--name', 'app', '--state-dir', t.stateDir, '--json']);
+      assert.equal(r.code, 0, r.stderr);
+      const s = JSON.parse(r.stdout) as { instances: { status: { apps: { connections: number; inflight: number }[] } }[] };
+      const app = s.instances[0]!.status.apps[0]!;
+      return `${app.connections} connections, ${app.inflight} in flight`;
+    };
+    let seen = '';
+    const last = (err: Error) => Promise.reject(new Error(`${err.message}; status said: ${seen}`));
+    await waitUntil(async () => (seen = await count()) === '3 connections, 1 in flight', 3_000, 'status to count 3 connections, 1 in flight').catch(last);
+    for (const s of [...idle, busy]) s.destroy();
+    await waitUntil(async () => (seen = await count()) === '0 connections, 0 in flight', 3_000, 'status to count none').catch(last);
+  });
+
   test("an upgraded connection opened after go-live holds the old version until the app's drain hook closes it", async () => {
     // Once live, a plain HTTP server's connections are not tracked one by
     // one (Node's own list has them), and an upgraded one leaves that list:
