@@ -908,14 +908,15 @@ async function measureOverhead(tmp, appEntry) {
   return OVERHEAD_MODES.flatMap((mode) => variants.map((v, i) => {
     const ws = windows.filter((w) => w.mode === mode);
     const perSet = measured.map((k) => median(ws.filter((w) => w.set === k).map((w) => diff(w, i))));
+    const cpuUsPerReq = median(ws.map((w) => w.perVariant[i].cpuUsPerReq));
     return {
       key: v.key,
       label: v.label,
       mode,
       pids: pids[i],
       sliceNs: slices,
-      cpuUsPerReq: median(ws.map((w) => w.perVariant[i].cpuUsPerReq)),
-      reqPerCpuSecond: 1e6 / median(ws.map((w) => w.perVariant[i].cpuUsPerReq)),
+      cpuUsPerReq,
+      reqPerCpuSecond: 1e6 / cpuUsPerReq,
       cpuDiffPct: median(perSet),
       perSetDiffPct: perSet,
       cpuDiffRange: [Math.min(...perSet), Math.max(...perSet)],

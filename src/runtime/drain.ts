@@ -24,7 +24,7 @@
 import net from 'node:net';
 import type http from 'node:http';
 import type { Http2Session } from 'node:http2';
-import type { HandOffResult } from './handoff';
+import type { ConnectionsList, HandOffResult } from './handoff';
 
 /** Connections get `Connection: close` in turns over this much of the drain (see the top). */
 export const CLOSE_SPREAD_MS = 500;
@@ -37,7 +37,7 @@ export interface Tracked {
   /** Set while draining: answers every request with `Connection: close`. */
   closeEach: ((req: http.IncomingMessage, res: http.ServerResponse) => void) | null;
   /** A live plain HTTP/1 server's own list of its connections (trackLazily), else null. */
-  listed: { all(): Array<{ socket?: net.Socket }> } | null;
+  listed: ConnectionsList | null;
 }
 
 function add(tracked: Tracked, socket: net.Socket): void {
@@ -75,7 +75,7 @@ export function track(server: net.Server): Tracked {
  * every one with an HTTP parser in the server's connection list
  * (kConnections, lib/_http_server.js), and trackAll() reads it when needed.
  */
-export function trackLazily(tracked: Tracked, list: Tracked['listed']): void {
+export function trackLazily(tracked: Tracked, list: ConnectionsList | null): void {
   tracked.listed = list;
 }
 

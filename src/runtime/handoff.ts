@@ -39,7 +39,8 @@ const NODE_MAJOR = Number(process.versions.node.split('.')[0]);
 /** A sender has this long to deliver its message after connecting. */
 const RECEIVE_WAIT_MS = 1_000;
 
-interface ConnectionsList {
+/** Node's ConnectionsList (src/node_http_parser.cc): the parsers of an http server's connections. */
+export interface ConnectionsList {
   idle(): Array<{ socket?: net.Socket }>;
   all(): Array<{ socket?: net.Socket }>;
 }
