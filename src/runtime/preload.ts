@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import type tls from 'node:tls';
 import { APP_LISTEN_FD, ENV, type AppMessage, type KeeperMessage } from '../protocol';
+import { stopFlushingBytecode } from './bytecode';
 import { countInflight, drainServer, openSockets, stopClosingConnections, track, trackLazily, type HandOff, type Tracked } from './drain';
 import { canHandOff, connectionsList, handOffIdle, receiveHandOffs } from './handoff';
 import { parseListenArgs, type ListenCall } from './listen-args';
@@ -120,6 +121,15 @@ function install(config: RuntimeConfig): void {
       own.removeListener('error', onError);
       fs.chmodSync(config.probeSocket, 0o600);
       send(gatedMessage(tls, h2));
+      // The probe's peer check and go-live need the addon. Loading it takes
+      // ~2.5 ms, which now overlaps the gate's way to the CLI and its probe
+      // coming back, instead of delaying the probe's answer. A load that
+      // fails fails again where the addon is used, and is reported there.
+      try {
+        native();
+      } catch {
+        // see above
+      }
     });
   }
 
@@ -160,6 +170,8 @@ function install(config: RuntimeConfig): void {
     const tls = isTlsServer(server);
     const h2 = speaksOnlyH2(server);
     gated = { tracked: track(server), call, tls, h2 };
+    // By now the app has loaded what it needs to start (./bytecode.ts).
+    stopFlushingBytecode();
     if (config.liveAtStart) {
       send(gatedMessage(tls, h2));
       goLive();
