@@ -370,17 +370,20 @@ describe('speed and priority', () => {
 describe('node arguments', () => {
   const major = Number(process.versions.node.split('.')[0]);
 
-  test("node's command line is the release's --node-arg, then the runtime's --require", async () => {
-    const r = await deploy('app.js', '--node-arg=--max-http-header-size=20000', '--node-arg=--no-warnings');
+  test('app processes get --no-flush-bytecode on Node < 24, ahead of the release\'s own --node-arg', async () => {
+    const r = await deploy('app.js', '--node-arg=--max-http-header-size=20000', '--node-arg=--flush-bytecode');
     assert.equal(r.code, 0, r.stderr);
     remember(stateDir, 'app');
     const execArgv = JSON.parse((await get(port, '/execargv')).body) as string[];
-    assert.deepEqual(execArgv.slice(0, execArgv.indexOf('--require')), ['--max-http-header-size=20000', '--no-warnings']);
+    const own = execArgv.slice(0, execArgv.indexOf('--require'));
+    // The app's own come last, so its --flush-bytecode wins (V8 applies flags in order).
+    assert.deepEqual(own, [...(major < 24 ? ['--no-flush-bytecode'] : []), '--max-http-header-size=20000', '--flush-bytecode']);
   });
 
-  // src/runtime/bytecode.ts. --stress-flush-code makes V8 flush every
-  // function's bytecode at each full GC, where flushing is on: 94-97% of it
-  // went in a plain script on Node 20, 22 and 24, and 4-29% with flushing off.
+  // What the flag does (src/keeper/apps.ts). --stress-flush-code makes V8
+  // flush every function's bytecode at each full GC where flushing is on:
+  // 94-97% of it went in a plain script on Node 20, 22 and 24, and 4-29%
+  // with flushing off.
   const stress = ['--node-arg=--expose-gc', '--node-arg=--stress-flush-code'];
   const keptShare = async (...args: string[]): Promise<number> => {
     const r = await deploy('app.js', ...stress, ...args);
@@ -390,10 +393,13 @@ describe('node arguments', () => {
     return after / before;
   };
 
-  test(`once the app listens, V8's bytecode flushing is ${major < 24 ? 'off (Node < 24)' : "V8's default (Node >= 24)"}`, async () => {
+  test(`in a deployed app, V8's bytecode flushing is ${major < 24 ? 'off (Node < 24)' : "V8's default (Node >= 24)"}`, async () => {
     const kept = await keptShare();
     if (major < 24) assert.ok(kept > 0.5, `flushing is off: ${(kept * 100).toFixed(0)}% of the bytecode kept across three GCs`);
     else assert.ok(kept < 0.3, `flushing is on: ${(kept * 100).toFixed(0)}% of the bytecode kept across three GCs`);
+    // A process the app forks starts with it on its command line.
+    const forked = JSON.parse((await get(port, '/fork-execargv')).body) as string[];
+    assert.equal(forked.includes('--no-flush-bytecode'), major < 24, JSON.stringify(forked));
   });
 
   test('--node-arg=--flush-bytecode keeps V8 flushing', async () => {

@@ -4,6 +4,51 @@ import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import { ENV, handoffSocketPath, isAppMessage, probeSocketPath, type AppMessage, type AppStatus, type KeeperConfig, type KeeperMessage } from '../protocol';
 
+/**
+ * Node options every app process gets ahead of the release's own
+ * (`--node-arg`, which come after them and so win: V8 applies its flags in
+ * order).
+ *
+ * `--no-flush-bytecode` on Node 20 and 22. V8 throws away the bytecode and
+ * the feedback of functions that have not run for a while (a few major GCs,
+ * which an idle server gets from V8's memory reducer). Measured here on the
+ * bench app, deployed, idle for 20 s, then loaded with wrk: one build served
+ * 10-25% fewer requests than with the flag, in 11 of 11 runs on Node 20 and
+ * 2 of 2 on Node 22, and stayed so for as long as it was loaded. `perf` put
+ * 12-19% of its samples in Runtime_DefineKeyedOwnPropertyInLiteral, called
+ * from process.nextTick, which builds each tick object as
+ * `{ [async_id_symbol]: ..., [trigger_async_id_symbol]: ..., callback, args }`
+ * (lib/internal/process/task_queues.js). %DebugPrint(process.nextTick) in
+ * such a process showed three of the literal's four property slots
+ * MEGAMORPHIC: its feedback had been flushed and rebuilt with mixed maps,
+ * so TurboFan calls the runtime for every property of every tick object.
+ * Whether a process fell into this hung on nothing we control: the same
+ * preload fell in unbundled (2 of 2) and not bundled (0 of 4), and a small
+ * change to the bundle flipped it. With the flag: 0 of 4 (Node 20 and 22).
+ * Node 24 (V8 13) did not fall in without it (0 of 3) and keeps V8's
+ * default. The cost is the bytecode of functions that ran once: about 1 MB
+ * of RSS for the bench app. An app turns flushing back on with
+ * `--node-arg=--flush-bytecode`.
+ *
+ * It also costs every start ~8 ms on Node 20: a V8 flag off its default
+ * changes V8's flag hash, which code caches are checked against
+ * (SerializedCodeData::SanityCheck), so Node's embedded code cache of its own
+ * modules no longer matches and each one the app loads is compiled from
+ * source (the bench app listened after 55.9 ms against 47.5, median of 15
+ * starts). Setting the flag from the runtime instead, once the app listens
+ * (v8.setFlagsFromString, which does stop flushing: no function flushed
+ * under --stress-flush-code), saved that, 8-15 ms per deploy, but did not
+ * prevent the slowdown: in one `npm run bench`, 4 of its 6 deployed
+ * processes answered at +15..+19% CPU per request after idling (0 of 12 in
+ * the two runs before, with the flag here). So flushing alone does not
+ * explain it; how Node's modules were compiled at start (from source, with
+ * the flag) seems to matter too, which was not pursued. The flag stays on
+ * the command line.
+ */
+export function defaultNodeArgs(nodeVersion: string = process.versions.node): string[] {
+  return Number(nodeVersion.split('.')[0]) < 24 ? ['--no-flush-bytecode'] : [];
+}
+
 export interface AppEvents {
   message: [AppMessage];
   exit: [number | null, NodeJS.Signals | null];
@@ -74,7 +119,7 @@ export class AppProcess extends EventEmitter<AppEvents> {
       [ENV.handoff]: this.handoffSocket(),
       [ENV.live]: live ? '1' : '0',
     };
-    const child = spawn(process.execPath, [...c.nodeArgs, '--require', c.preload, c.entry, ...c.args], {
+    const child = spawn(process.execPath, [...defaultNodeArgs(), ...c.nodeArgs, '--require', c.preload, c.entry, ...c.args], {
       cwd: c.cwd,
       env,
       // stdout/stderr go where the keeper's go: the release's log file.

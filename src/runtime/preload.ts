@@ -13,7 +13,6 @@ import fs from 'node:fs';
 import net from 'node:net';
 import type tls from 'node:tls';
 import { APP_LISTEN_FD, ENV, type AppMessage, type KeeperMessage } from '../protocol';
-import { stopFlushingBytecode } from './bytecode';
 import { countInflight, drainServer, openSockets, stopClosingConnections, track, trackLazily, type HandOff, type Tracked } from './drain';
 import { canHandOff, connectionsList, handOffIdle, receiveHandOffs } from './handoff';
 import { parseListenArgs, type ListenCall } from './listen-args';
@@ -170,8 +169,6 @@ function install(config: RuntimeConfig): void {
     const tls = isTlsServer(server);
     const h2 = speaksOnlyH2(server);
     gated = { tracked: track(server), call, tls, h2 };
-    // By now the app has loaded what it needs to start (./bytecode.ts).
-    stopFlushingBytecode();
     if (config.liveAtStart) {
       send(gatedMessage(tls, h2));
       goLive();
