@@ -121,8 +121,8 @@ function install(config: RuntimeConfig): void {
       fs.chmodSync(config.probeSocket, 0o600);
       send(gatedMessage(tls, h2));
       // The probe's peer check and go-live need the addon. Loading it takes
-      // ~2.5 ms, which now overlaps the gate's way to the CLI and its probe
-      // coming back, instead of delaying the probe's answer. A load that
+      // ~2.5 ms, spent here while the gate travels to the CLI and its probe
+      // comes back, rather than before the probe's answer. A load that
       // fails fails again where the addon is used, and is reported there.
       try {
         native();
