@@ -257,3 +257,26 @@ export function freshAppPerTest(): { stateDir: string; port: number } {
   afterEach(() => cleanup(t.stateDir));
   return t;
 }
+
+/**
+ * A raw server on the unix socket `socketPath` that answers the first bytes
+ * of every connection with `answer` (its parts written 5 ms apart, so that
+ * the client reads them separately) and closes; `keepOpen` leaves the
+ * connection open after the last part; null never answers.
+ */
+export async function rawServer(socketPath: string, answer: string | string[] | null, keepOpen = false): Promise<net.Server> {
+  const parts = answer === null ? null : Array.isArray(answer) ? answer : [answer];
+  const server = net.createServer((socket) => {
+    socket.on('error', () => undefined);
+    socket.once('data', async () => {
+      if (parts === null) return;
+      for (const [i, part] of parts.entries()) {
+        if (i > 0) await sleep(5);
+        socket.write(part);
+      }
+      if (!keepOpen) socket.end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+  return server;
+}

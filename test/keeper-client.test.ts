@@ -11,22 +11,17 @@ import { after, before, describe, test } from 'node:test';
 import { keeperDrain, keeperStatus, keeperWait, tryKeeperStatus } from '../src/deploy/keeper-client';
 import { serveControl, type ControlHandlers } from '../src/keeper/control';
 import type { KeeperStatus } from '../src/protocol';
+import { rawServer as rawAnswerServer } from './helpers';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rd-ctl-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 const status = (phase: string): KeeperStatus => ({ id: 'k1', release: 'r1', phase, apps: [] }) as unknown as KeeperStatus;
 
-/** A raw server on a unix socket that answers every connection with `answer`, or never. */
+/** A raw server in this test's directory (helpers.ts). */
 async function rawServer(name: string, answer: string | null): Promise<{ path: string; server: net.Server }> {
   const p = path.join(dir, name);
-  const server = net.createServer((socket) => {
-    socket.once('data', () => {
-      if (answer !== null) socket.end(answer);
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(p, resolve));
-  return { path: p, server };
+  return { path: p, server: await rawAnswerServer(p, answer) };
 }
 
 describe('keeper control client', () => {

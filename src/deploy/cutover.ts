@@ -20,7 +20,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DeployError } from '../errors';
 import { handoffSocketPath, probeSocketPath, type KeeperStatus } from '../protocol';
-import { isHealthy, loadProber, probe, warmUp, type HealthRule, type ProbeResult } from './health';
+import { isHealthy, probe, warmUp, type HealthRule, type ProbeResult } from './health';
 import { keeperDrain, keeperLive, keeperUnpark, keeperWait, tryKeeperStatus } from './keeper-client';
 import { logTail, spawnKeeper, stopInstance, waitForKeeper, type Spawned } from './instances';
 import type { AppPaths } from './paths';
@@ -254,7 +254,6 @@ export async function cutover(
         (async () => {
           const say = signals.progress;
           whileBooting();
-          loadProber();
           await waitForKeeper(spawned, 10_000);
           say.phase(`waiting for ${release.id} to listen on port ${options.port}`);
           const gated = await waitListening(spawned, options.port, deadline);

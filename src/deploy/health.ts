@@ -2,13 +2,18 @@
 // injects each probe connection into the app's own server, so the answer
 // comes from the app's handler on that one process, before it takes any
 // public traffic. TLS apps are probed with TLS over the same socket.
-// node:http, not undici: on this class of host, loading undici cost the CLI
-// ~300 ms of CPU while the new version booted beside the live one, and V8's
-// background tier-up of its llhttp WebAssembly held process exit another
-// ~250 ms (platform worker threads are joined at exit). A probe is one GET.
-import type { RequestOptions } from 'node:http';
+//
+// A probe is one GET with `Connection: close`, written and read here over
+// node:net (or node:tls) rather than with a client library. Not undici: on
+// this class of host, loading it cost the CLI ~300 ms of CPU while the new
+// version booted beside the live one, and V8's background tier-up of its
+// llhttp WebAssembly held process exit another ~250 ms (platform worker
+// threads are joined at exit). Not node:http either: its first request in
+// a process costs ~2 ms more than this one (4.6-8.1 ms against 2.7-3.1 over
+// a unix socket on an idle host, 4 runs each), on the deploy's critical
+// path, and loading it ~1 ms more of CPU while the new version boots.
+// HTTP/2-only apps are probed with node:http2.
 import net from 'node:net';
-import type { Duplex } from 'node:stream';
 
 export interface ProbeResult {
   status: number | null;
@@ -21,15 +26,6 @@ export interface HealthRule {
   /** Path given with --health (2xx needed), or null: GET / with any status below 500. */
   path: string | null;
   port: number;
-}
-
-/**
- * node:http, loaded on first use: a deploy loads it while the new version
- * boots (cutover calls this then), not before the release starts, where
- * every millisecond adds to the deploy (~8 ms on Node 20).
- */
-export function loadProber(): typeof import('node:http') {
-  return require('node:http') as typeof import('node:http');
 }
 
 export function isHealthy(rule: HealthRule, result: ProbeResult): boolean {
@@ -47,7 +43,7 @@ export interface ProbeTarget {
  * A connection to the probe socket: TLS for a TLS app (the probe checks the
  * app, not its certificate; the socket is private), else plain.
  */
-function connectProbe(socketPath: string, tls: boolean, alpn: string[]): () => Duplex {
+function connectProbe(socketPath: string, tls: boolean, alpn: string[]): () => net.Socket {
   if (!tls) return () => net.connect(socketPath);
   const tlsModule = require('node:tls') as typeof import('node:tls'); // on use: most apps are plain HTTP
   return () => tlsModule.connect({ path: socketPath, ALPNProtocols: alpn, servername: 'localhost', rejectUnauthorized: false });
@@ -55,30 +51,82 @@ function connectProbe(socketPath: string, tls: boolean, alpn: string[]): () => D
 
 export async function probe(socketPath: string, target: ProbeTarget, rule: HealthRule, timeoutMs: number): Promise<ProbeResult> {
   if (target.h2) return probeH2(socketPath, target.tls, rule, timeoutMs);
-  const connect = connectProbe(socketPath, target.tls, ['http/1.1']);
+  const socket = connectProbe(socketPath, target.tls, ['http/1.1'])();
   return new Promise<ProbeResult>((resolve) => {
-    const options: RequestOptions = {
-      // A connection of its own, without an Agent: an Agent works out a TLS
-      // server name for every request, and its first isIP() call compiles a
-      // large regular expression (~10 ms).
-      createConnection: connect,
-      method: 'GET',
-      path: rule.path ?? '/',
-      headers: { host: `localhost:${rule.port}`, 'user-agent': 'reuse-deploy-health', connection: 'close' },
+    const chunks: Buffer[] = [];
+    const finish = (result: ProbeResult): void => {
+      socket.destroy();
+      resolve(result);
     };
-    const req = loadProber().request(options, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => {
-        if (body.length < 200) body += chunk;
-      });
-      res.on('end', () => resolve({ status: res.statusCode ?? null, bodyStart: body.slice(0, 200), error: null }));
-      res.on('error', (err) => resolve(failed(err)));
+    socket.setTimeout(timeoutMs, () => finish(failed(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' }))));
+    socket.on('error', (err) => finish(failed(err)));
+    socket.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      const answer = readAnswer(Buffer.concat(chunks), false);
+      if (answer) finish(answer);
     });
-    req.setTimeout(timeoutMs, () => req.destroy(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' })));
-    req.on('error', (err) => resolve(failed(err)));
-    req.end();
+    socket.on('end', () => finish(readAnswer(Buffer.concat(chunks), true) ?? failed(new Error('the app closed the connection before a complete answer'))));
+    // Written at once: node:net and node:tls hold it until the connection
+    // (and the TLS handshake) is up. Not end(): node:http's server drops a
+    // request whose client half-closed before the answer was ready.
+    socket.write(`GET ${rule.path ?? '/'} HTTP/1.1\r\nhost: localhost:${rule.port}\r\nuser-agent: reuse-deploy-health\r\nconnection: close\r\n\r\n`);
   });
+}
+
+/**
+ * The answer to a probe, once `raw` holds all of it (RFC 9112 section 6.3):
+ * interim 1xx answers skipped, the body framed by Content-Length, chunked
+ * coding, or the end of the connection (`closed`); null while more is to
+ * come. A `bodyStart` of at most 200 characters is all a probe keeps.
+ */
+function readAnswer(raw: Buffer, closed: boolean): ProbeResult | null {
+  let start = 0;
+  for (;;) {
+    const headEnd = raw.indexOf('\r\n\r\n', start);
+    // The first bytes may already rule HTTP out (a server speaking another protocol).
+    if (!'HTTP/'.startsWith(raw.subarray(start, start + 5).toString('latin1'))) return notHttp(raw.subarray(start));
+    if (headEnd < 0) return null;
+    const lines = raw.subarray(start, headEnd).toString('latin1').split('\r\n');
+    const statusLine = /^HTTP\/1\.[01] (\d{3})(?: |$)/.exec(lines[0] ?? '');
+    if (!statusLine) return notHttp(raw.subarray(start));
+    const status = Number(statusLine[1]);
+    start = headEnd + 4;
+    if (status >= 100 && status < 200) continue; // 100 Continue, 103 Early Hints: the answer follows
+    const header = (name: string): string | undefined => lines.find((l) => l.toLowerCase().startsWith(`${name}:`))?.slice(name.length + 1).trim();
+    const body = raw.subarray(start);
+    const answer = (bytes: Buffer): ProbeResult => ({ status, bodyStart: bytes.toString('utf8').slice(0, 200), error: null });
+    if (status === 204 || status === 304) return answer(Buffer.alloc(0)); // never a body (RFC 9112 section 6.3)
+    if (/chunked/i.test(header('transfer-encoding') ?? '')) {
+      const decoded = dechunk(body);
+      return decoded ? answer(decoded) : closed ? failed(new Error('the app closed the connection in the middle of a chunked answer')) : null;
+    }
+    const length = header('content-length');
+    if (length !== undefined) {
+      if (body.length >= Number(length)) return answer(body.subarray(0, Number(length)));
+      return closed ? failed(new Error(`the app closed the connection after ${body.length} of ${length} bytes of its answer`)) : null;
+    }
+    return closed ? answer(body) : null; // framed by the end of the connection
+  }
+}
+
+/** The body of a complete chunked message (RFC 9112 section 7.1), or null while its last chunk has not arrived. */
+function dechunk(body: Buffer): Buffer | null {
+  const parts: Buffer[] = [];
+  let at = 0;
+  for (;;) {
+    const lineEnd = body.indexOf('\r\n', at);
+    if (lineEnd < 0) return null;
+    const size = parseInt(body.subarray(at, lineEnd).toString('latin1'), 16);
+    if (Number.isNaN(size)) return Buffer.concat(parts); // not chunked after all: keep what was read
+    if (size === 0) return Buffer.concat(parts);
+    if (body.length < lineEnd + 2 + size + 2) return null;
+    parts.push(body.subarray(lineEnd + 2, lineEnd + 2 + size));
+    at = lineEnd + 2 + size + 2;
+  }
+}
+
+function notHttp(raw: Buffer): ProbeResult {
+  return failed(new Error(`the app answered something other than HTTP/1.1: ${JSON.stringify(raw.subarray(0, 60).toString('latin1'))}`));
 }
 
 /**
@@ -132,7 +180,7 @@ async function streams(socketPath: string, tls: boolean, rule: HealthRule, count
   }
 }
 
-function pipelined(connect: () => Duplex, rule: HealthRule, count: number): Promise<void> {
+function pipelined(connect: () => net.Socket, rule: HealthRule, count: number): Promise<void> {
   const request = (close: boolean): string =>
     `GET ${rule.path ?? '/'} HTTP/1.1\r\nhost: localhost:${rule.port}\r\nuser-agent: reuse-deploy-warm-up\r\n${close ? 'connection: close\r\n' : ''}\r\n`;
   return new Promise<void>((resolve) => {
