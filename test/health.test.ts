@@ -49,8 +49,8 @@ describe('health probe', () => {
     assert.deepEqual(r, { status: 200, bodyStart: 'ok', error: null });
   });
 
-  test('a chunked answer in pieces, split inside chunk sizes and data', async () => {
-    const r = await probeRaw('chunked.sock', ['HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nfi', 'ne\r\n', '5\r', '\n, tha\r\n6\r\nnk you\r\n0\r\n\r\n'], { keepOpen: true });
+  test('a chunked answer in pieces, split inside chunk sizes and data, with a chunk extension', async () => {
+    const r = await probeRaw('chunked.sock', ['HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nfi', 'ne\r\n', '5;ext=1\r', '\n, tha\r\n6\r\nnk you\r\n0\r\n\r\n'], { keepOpen: true });
     assert.deepEqual(r, { status: 200, bodyStart: 'fine, thank you', error: null });
   });
 
@@ -86,6 +86,8 @@ describe('health probe', () => {
     assert.match(unchunked.error ?? '', /middle of a chunked answer/);
     const headless = await probeRaw('headless.sock', ['HTTP/1.1 200 OK\r\ncontent-']);
     assert.deepEqual(headless, { status: null, bodyStart: '', error: 'the app closed the connection before a complete answer' });
+    const garbled = await probeRaw('garbled.sock', ['HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n'], { keepOpen: true });
+    assert.deepEqual(garbled, { status: null, bodyStart: '', error: 'the app\'s chunked answer has a malformed chunk size: "zz"' });
     const silent = await probeRaw('silent.sock', []);
     assert.deepEqual(silent, { status: null, bodyStart: '', error: 'the app closed the connection before a complete answer' });
   });

@@ -69,8 +69,13 @@ export async function probe(socketPath: string, target: ProbeTarget, rule: Healt
     // Written at once: node:net and node:tls hold it until the connection
     // (and the TLS handshake) is up. Not end(): node:http's server drops a
     // request whose client half-closed before the answer was ready.
-    socket.write(`GET ${rule.path ?? '/'} HTTP/1.1\r\nhost: localhost:${rule.port}\r\nuser-agent: reuse-deploy-health\r\nconnection: close\r\n\r\n`);
+    socket.write(getRequest(rule, 'reuse-deploy-health', true));
   });
+}
+
+/** One GET of the health check's path, as written on the wire (RFC 9112 section 3). */
+function getRequest(rule: HealthRule, userAgent: string, close: boolean): string {
+  return `GET ${rule.path ?? '/'} HTTP/1.1\r\nhost: localhost:${rule.port}\r\nuser-agent: ${userAgent}\r\n${close ? 'connection: close\r\n' : ''}\r\n`;
 }
 
 /**
@@ -98,6 +103,7 @@ function readAnswer(raw: Buffer, closed: boolean): ProbeResult | null {
     if (status === 204 || status === 304) return answer(Buffer.alloc(0)); // never a body (RFC 9112 section 6.3)
     if (/chunked/i.test(header('transfer-encoding') ?? '')) {
       const decoded = dechunk(body);
+      if (decoded instanceof Error) return failed(decoded);
       return decoded ? answer(decoded) : closed ? failed(new Error('the app closed the connection in the middle of a chunked answer')) : null;
     }
     const length = header('content-length');
@@ -109,15 +115,16 @@ function readAnswer(raw: Buffer, closed: boolean): ProbeResult | null {
   }
 }
 
-/** The body of a complete chunked message (RFC 9112 section 7.1), or null while its last chunk has not arrived. */
-function dechunk(body: Buffer): Buffer | null {
+/** The body of a complete chunked message (RFC 9112 section 7.1), null while its last chunk has not arrived, or what is wrong with it. */
+function dechunk(body: Buffer): Buffer | null | Error {
   const parts: Buffer[] = [];
   let at = 0;
   for (;;) {
     const lineEnd = body.indexOf('\r\n', at);
     if (lineEnd < 0) return null;
-    const size = parseInt(body.subarray(at, lineEnd).toString('latin1'), 16);
-    if (Number.isNaN(size)) return Buffer.concat(parts); // not chunked after all: keep what was read
+    const sizeLine = body.subarray(at, lineEnd).toString('latin1');
+    const size = /^[0-9a-f]+/i.test(sizeLine) ? parseInt(sizeLine, 16) : NaN; // a chunk extension (";name=value") may follow
+    if (Number.isNaN(size)) return new Error(`the app's chunked answer has a malformed chunk size: ${JSON.stringify(sizeLine.slice(0, 40))}`);
     if (size === 0) return Buffer.concat(parts);
     if (body.length < lineEnd + 2 + size + 2) return null;
     parts.push(body.subarray(lineEnd + 2, lineEnd + 2 + size));
@@ -181,8 +188,7 @@ async function streams(socketPath: string, tls: boolean, rule: HealthRule, count
 }
 
 function pipelined(connect: () => net.Socket, rule: HealthRule, count: number): Promise<void> {
-  const request = (close: boolean): string =>
-    `GET ${rule.path ?? '/'} HTTP/1.1\r\nhost: localhost:${rule.port}\r\nuser-agent: reuse-deploy-warm-up\r\n${close ? 'connection: close\r\n' : ''}\r\n`;
+  const request = (close: boolean): string => getRequest(rule, 'reuse-deploy-warm-up', close);
   return new Promise<void>((resolve) => {
     const socket = connect();
     const timer = setTimeout(() => socket.destroy(), WARM_UP_LIMIT_MS);
