@@ -135,10 +135,10 @@ function currentResponse(socket: net.Socket): http.ServerResponse | undefined {
   return (socket as net.Socket & { _httpMessage?: http.ServerResponse })._httpMessage ?? undefined;
 }
 
-/** HTTP/1 requests that have arrived and are not answered yet. */
-export function countInflight(tracked: Tracked): number {
+/** HTTP/1 requests that have arrived on `sockets` (openSockets) and are not answered yet. */
+export function countInflight(sockets: Iterable<net.Socket>): number {
   let n = 0;
-  for (const socket of openSockets(tracked)) {
+  for (const socket of sockets) {
     const res = currentResponse(socket);
     if (res && !res.writableFinished) n++;
   }

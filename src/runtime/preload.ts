@@ -215,7 +215,8 @@ function install(config: RuntimeConfig): void {
       goLive();
     }
     else if (message.rd === 'stats') {
-      send({ rd: 'stats', connections: gated ? openSockets(gated.tracked).size : 0, inflight: gated ? countInflight(gated.tracked) : 0 });
+      const open = gated ? openSockets(gated.tracked) : new Set<net.Socket>();
+      send({ rd: 'stats', connections: open.size, inflight: countInflight(open) });
     } else if (message.rd === 'drain' && !draining) {
       draining = true;
       // Stay up once the server is closed: the keeper decides when this
