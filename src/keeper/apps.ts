@@ -40,10 +40,12 @@ import { ENV, handoffSocketPath, isAppMessage, probeSocketPath, type AppMessage,
  * under --stress-flush-code), saved that, 8-15 ms per deploy, but did not
  * prevent the slowdown: in one `npm run bench`, 4 of its 6 deployed
  * processes answered at +15..+19% CPU per request after idling (0 of 12 in
- * the two runs before, with the flag here). So flushing alone does not
- * explain it; how Node's modules were compiled at start (from source, with
- * the flag) seems to matter too, which was not pursued. The flag stays on
- * the command line.
+ * the two runs before, with the flag here). What decides is that code
+ * cache, not flushing: with flushing left on and the cache rejected by
+ * another flag off its default (`--stack-size=983`), six deployed processes
+ * cost -13..+5% per request against bare ones beside them (CPU 1, wrk), and
+ * +13..+28% with flushing on and the cache used (the same six-set run, each
+ * way). The flag's ~8 ms are the price of that; it stays on the command line.
  */
 export function defaultNodeArgs(nodeVersion: string = process.versions.node): string[] {
   return Number(nodeVersion.split('.')[0]) < 24 ? ['--no-flush-bytecode'] : [];
