@@ -44,8 +44,8 @@ import { ENV, handoffSocketPath, isAppMessage, probeSocketPath, type AppMessage,
  * cache, not flushing: with flushing left on and the cache rejected by
  * another flag off its default (`--stack-size=983`), six deployed processes
  * cost -13..+5% per request against bare ones beside them (CPU 1, wrk), and
- * +13..+28% with flushing on and the cache used (the same six-set run, each
- * way). The flag's ~8 ms are the price of that; it stays on the command line.
+ * +13..+28% with flushing on and the cache used (one six-set run each way).
+ * The flag's ~8 ms are the price of that; it stays on the command line.
  */
 export function defaultNodeArgs(nodeVersion: string = process.versions.node): string[] {
   return Number(nodeVersion.split('.')[0]) < 24 ? ['--no-flush-bytecode'] : [];
