@@ -14,9 +14,10 @@
 // each in two load modes: keep-alive (ka) and a new connection per request
 // (close). Also: the app's bare boot time (one process; and two spawned at
 // once, which the 2-instance rows' wall time is set against), and the
-// runtime preload's overhead: the app bare (twice: the second is a control), with an inert
-// `--require dist/src/runtime/preload.js`, and deployed by reuse-deploy,
-// loaded side by side on CPU 1 with their load generators on CPU 0 (each
+// runtime preload's overhead: the app bare (twice: the second is a
+// control), with an inert `--require dist/src/runtime/preload.js`, and
+// deployed by reuse-deploy, loaded side by side on CPU 1 with their load
+// generators on CPU 0 (each
 // app process's CPU time per request, against the bare one's in the same
 // window). The overhead's load generator is wrk where it is installed
 // (`apt install wrk`), which saturates the app; else scripts/load.js,

@@ -9,9 +9,11 @@ import { ENV, handoffSocketPath, isAppMessage, probeSocketPath, type AppMessage,
  * (`--node-arg`, which come after them and so win: V8 applies its flags in
  * order).
  *
- * `--no-flush-bytecode` on Node 20 and 22. V8 throws away the bytecode and
- * the feedback of functions that have not run for a while (a few major GCs,
- * which an idle server gets from V8's memory reducer). Measured here on the
+ * `--no-flush-bytecode` on Node 20 and 22. It was put here against V8's
+ * bytecode flushing (V8 throws away the bytecode and feedback of functions
+ * that have not run for a few major GCs, which an idle server gets from its
+ * memory reducer); what it does that matters is to make Node reject its
+ * built-in code cache (the last paragraph). Measured here on the
  * bench app, deployed, idle for 20 s, then loaded with wrk: one build served
  * 10-25% fewer requests than with the flag, in 11 of 11 runs on Node 20 and
  * 2 of 2 on Node 22, and stayed so for as long as it was loaded. `perf` put
