@@ -127,6 +127,43 @@ Napi::Value AttachSteering(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// attachSteeringBySource(fd, portLo, portHi, matchIndex, otherIndex): a
+// classic BPF program that returns `matchIndex` for a connection whose TCP
+// source port is in [portLo, portHi], and `otherIndex` for any other.
+// reuseport_select_sock runs it on the SYN with the data pointer past the
+// TCP header (run_bpf_filter pulls it), so the ports are read relative to
+// the network header (SKF_NET_OFF, bpf_internal_load_pointer_neg_helper):
+// after an IPv4 header of IHL words, or the 40-byte IPv6 one (a TCP SYN
+// carries no extension headers from Linux, and one that does is only
+// misread: it goes to one of the two listeners all the same). A failed load
+// aborts the program with 0; keep `otherIndex` 0 so that this is the same.
+Napi::Value AttachSteeringBySource(const Napi::CallbackInfo& info) {
+  if (!ArgsAreNumbers(info, 5)) return info.Env().Undefined();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  uint32_t lo = info[1].As<Napi::Number>().Uint32Value();
+  uint32_t hi = info[2].As<Napi::Number>().Uint32Value();
+  uint32_t match = info[3].As<Napi::Number>().Uint32Value();
+  uint32_t other = info[4].As<Napi::Number>().Uint32Value();
+  const uint32_t net = static_cast<uint32_t>(SKF_NET_OFF);
+  sock_filter code[] = {
+      {BPF_LD | BPF_B | BPF_ABS, 0, 0, net},   // 0: A = first byte of the IP header
+      {BPF_ALU | BPF_RSH | BPF_K, 0, 0, 4},    // 1: A = IP version
+      {BPF_JMP | BPF_JEQ | BPF_K, 0, 2, 4},    // 2: IPv4: 3, else 5
+      {BPF_LDX | BPF_B | BPF_MSH, 0, 0, net},  // 3: X = 4 * IHL
+      {BPF_JMP | BPF_JA, 0, 0, 1},             // 4: to 6
+      {BPF_LDX | BPF_W | BPF_IMM, 0, 0, 40},   // 5: X = IPv6 header length
+      {BPF_LD | BPF_H | BPF_IND, 0, 0, net},   // 6: A = TCP source port
+      {BPF_JMP | BPF_JGE | BPF_K, 0, 2, lo},   // 7: below lo: 10
+      {BPF_JMP | BPF_JGT | BPF_K, 1, 0, hi},   // 8: above hi: 10
+      {BPF_RET | BPF_K, 0, 0, match},          // 9
+      {BPF_RET | BPF_K, 0, 0, other},          // 10
+  };
+  sock_fprog prog = {sizeof code / sizeof code[0], code};
+  if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof prog) < 0)
+    return ThrowErrno(info.Env(), "setsockopt(SO_ATTACH_REUSEPORT_CBPF)", errno);
+  return info.Env().Undefined();
+}
+
 // detachSteering(fd): removes the group's program (Linux 5.3+).
 // ENOENT means no program was attached and is not an error.
 Napi::Value DetachSteering(const Napi::CallbackInfo& info) {
@@ -464,6 +501,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("bindReusePort", Napi::Function::New(env, BindReusePort));
   exports.Set("listen", Napi::Function::New(env, Listen));
   exports.Set("attachSteering", Napi::Function::New(env, AttachSteering));
+  exports.Set("attachSteeringBySource", Napi::Function::New(env, AttachSteeringBySource));
   exports.Set("detachSteering", Napi::Function::New(env, DetachSteering));
   exports.Set("acceptQueue", Napi::Function::New(env, AcceptQueue));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd));

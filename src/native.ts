@@ -34,6 +34,7 @@ interface Addon {
   bindReusePort(address: string, port: number): number;
   listen(fd: number, backlog: number): void;
   attachSteering(fd: number, index: number): void;
+  attachSteeringBySource(fd: number, portLo: number, portHi: number, matchIndex: number, otherIndex: number): void;
   detachSteering(fd: number): void;
   acceptQueue(fd: number): AcceptQueue;
   closeFd(fd: number): void;
@@ -274,6 +275,9 @@ export function addonPath(): string {
 export const bindReusePort = (address: string, port: number): number => call(() => load().addon.bindReusePort(address, port));
 export const listenFd = (fd: number, backlog: number): void => call(() => load().addon.listen(fd, backlog));
 export const attachSteering = (fd: number, index: number): void => call(() => load().addon.attachSteering(fd, index));
+/** Connections from a TCP source port in [portLo, portHi] to `matchIndex`, the others to `otherIndex` (keep it 0: a failed packet load returns 0). */
+export const attachSteeringBySource = (fd: number, portLo: number, portHi: number, matchIndex: number, otherIndex: number): void =>
+  call(() => load().addon.attachSteeringBySource(fd, portLo, portHi, matchIndex, otherIndex));
 export const detachSteering = (fd: number): void => call(() => load().addon.detachSteering(fd));
 export const acceptQueue = (fd: number): AcceptQueue => call(() => load().addon.acceptQueue(fd));
 export const closeFd = (fd: number): void => call(() => load().addon.closeFd(fd));

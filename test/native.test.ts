@@ -12,6 +12,7 @@ import {
   acceptQueue,
   addonPath,
   attachSteering,
+  attachSteeringBySource,
   bindReusePort,
   closeFd,
   detachSteering,
@@ -54,9 +55,9 @@ function close(fd: number): void {
   closeFd(fd);
 }
 
-function connect(port: number, host = '127.0.0.1'): Promise<net.Socket> {
+function connect(port: number, host = '127.0.0.1', localPort?: number): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ port, host });
+    const socket = net.connect({ port, host, localPort });
     clients.push(socket);
     socket.once('connect', () => resolve(socket));
     socket.once('error', reject);
@@ -217,6 +218,34 @@ describe('listening fd', () => {
     close(first);
     close(second);
   });
+
+  for (const [host, skip] of [
+    ['127.0.0.1', false],
+    ['::1', !hasIPv6 && 'no IPv6 loopback here'],
+  ] as const) {
+    test(`attachSteeringBySource (${host}): connections from the port range go to one member, the rest to the other`, { skip }, async () => {
+      const port = await freePort();
+      const live = bound(host, port);
+      listenFd(live, 64);
+      const next = bound(host, port);
+      listenFd(next, 64); // index 1
+      // Source ports next to a free one: the range the warm-up's lanes use.
+      const lo = await freePort();
+      attachSteeringBySource(next, lo, lo + 1, 1, 0);
+      await connect(port, host, lo);
+      await connect(port, host, lo + 1);
+      for (let i = 0; i < 5; i++) await connect(port, host); // ephemeral ports, outside the range
+      assert.deepEqual([acceptQueue(live).queued, acceptQueue(next).queued], [5, 2]);
+      // An index past the group's end leaves those to the kernel's hash.
+      attachSteeringBySource(next, lo, lo + 1, 1, 0xffffffff);
+      for (let i = 0; i < 40; i++) await connect(port, host);
+      const spread = [acceptQueue(live).queued - 5, acceptQueue(next).queued - 2];
+      assert.equal(spread[0] + spread[1], 40);
+      assert.ok(spread[0] > 0 && spread[1] > 0, `hashed over both members: ${spread.join(' / ')}`);
+      close(live);
+      close(next);
+    });
+  }
 
   test('attachSteering on a socket that is not in a reuseport group fails with a code', () => {
     const fd = fs.openSync(path.join(tmp, 'not-a-socket'), 'w');
