@@ -135,6 +135,14 @@ export interface AppStatus {
   rssBytes: number;
 }
 
+/** CLI -> keeper, with go-live: warm the app processes up first (`--warm-up`; keeper/warm-up.ts). */
+export interface WarmUpRequest {
+  /** Requests per app process (pipelined; the health check's). */
+  count: number;
+  /** The health check's path (--health), or null for GET /. */
+  path: string | null;
+}
+
 export type KeeperPhase = 'booting' | 'gated' | 'live' | 'draining' | 'parked' | 'closed' | 'failed';
 
 export interface KeeperStatus {

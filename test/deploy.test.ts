@@ -216,17 +216,23 @@ describe('a failed deploy leaves v1 serving, untouched', () => {
 });
 
 describe('speed and priority', () => {
-  test('warm-up: the health check is sent --warm-up more times before go-live, and not by default', async () => {
+  test('warm-up: the health check is sent --warm-up more times at go-live (25 by default), through the port', async () => {
     const plain = await deploy('app.js', '--health', '/healthz');
     assert.equal(plain.code, 0, plain.stderr);
     remember(stateDir, 'app');
-    assert.equal((await get(port, '/healthz-count')).body, '1', 'one probe, no warm-up');
+    // One probe passed (the app is healthy at once), then the default warm-up.
+    assert.equal((await get(port, '/healthz-count')).body, '26', 'one probe, 25 warm-up requests');
     const r = await deploy('app.js', '--health', '/healthz', '--warm-up', '7');
     assert.equal(r.code, 0, r.stderr);
     remember(stateDir, 'app');
-    // One probe passed (the app is healthy at once), then seven warm-up requests.
     assert.equal((await get(port, '/healthz-count')).body, '8');
-    // Pipelined, 4 connections at a time: every request is answered.
+    // The warm-up came through the app's listener (the probe's private
+    // socket gives no remote port), from source ports steered to it.
+    const ports = JSON.parse((await get(port, '/healthz-ports')).body) as number[];
+    assert.equal(ports.length, 8);
+    assert.equal(ports[0], 0, 'the probe: a unix socket');
+    assert.ok(ports.slice(1).every((p) => p >= 20_000 && p < 30_000), `warm-up source ports: ${ports.join(' ')}`);
+    // One connection per request, 8 at a time: every request is answered.
     const many = await deploy('app.js', '--health', '/healthz', '--warm-up', '301');
     assert.equal(many.code, 0, many.stderr);
     assert.equal((await get(port, '/healthz-count')).body, '302');
@@ -370,14 +376,14 @@ describe('speed and priority', () => {
 describe('node arguments', () => {
   const major = Number(process.versions.node.split('.')[0]);
 
-  test('app processes get --no-flush-bytecode on Node < 24, ahead of the release\'s own --node-arg', async () => {
+  test('app processes get --no-flush-bytecode and --no-memory-reducer on Node < 24, ahead of the release\'s own --node-arg', async () => {
     const r = await deploy('app.js', '--node-arg=--max-http-header-size=20000', '--node-arg=--flush-bytecode');
     assert.equal(r.code, 0, r.stderr);
     remember(stateDir, 'app');
     const execArgv = JSON.parse((await get(port, '/execargv')).body) as string[];
     const own = execArgv.slice(0, execArgv.indexOf('--require'));
     // The app's own come last, so its --flush-bytecode wins (V8 applies flags in order).
-    assert.deepEqual(own, [...(major < 24 ? ['--no-flush-bytecode'] : []), '--max-http-header-size=20000', '--flush-bytecode']);
+    assert.deepEqual(own, [...(major < 24 ? ['--no-flush-bytecode', '--no-memory-reducer'] : []), '--max-http-header-size=20000', '--flush-bytecode']);
   });
 
   // What the flag does (src/keeper/apps.ts). --stress-flush-code makes V8

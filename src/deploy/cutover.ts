@@ -1,14 +1,17 @@
 // The cutover state machine: one deploy of one release of one app.
 //
-//   locked -> spawned -> listening -> healthy -> warmed -> live -> old-draining -> recorded
-//      \________\___________\___________\__________\
-//                                                   `-> rolled-back (new instance stopped)
+//   locked -> spawned -> listening -> healthy -> live -> old-draining -> recorded
+//      \________\___________\___________\________\
+//                                                 `-> rolled-back (new instance stopped)
 //
 // Invariant: at every moment the app has at most one live, undraining
 // instance, and the port never has fewer accepting listeners than before
 // the deploy started:
 // - the new instance joins the port (listen()) only after every one of its
 //   app processes passed the health check on its private probe socket;
+// - go-live (the keeper's, one call) steers new connections to the new
+//   instance only after its app processes accept, and after the warm-up,
+//   whose own connections alone are steered there meanwhile;
 // - the old instance is told to drain only after the new one accepts and
 //   new connections are steered to it;
 // - any failure before go-live stops the new instance and nothing else: the
@@ -20,7 +23,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DeployError } from '../errors';
 import { handoffSocketPath, probeSocketPath, type KeeperStatus } from '../protocol';
-import { isHealthy, probe, warmUp, type HealthRule, type ProbeResult } from './health';
+import { isHealthy, probe, type HealthRule, type ProbeResult } from './health';
 import { keeperDrain, keeperLive, keeperUnpark, keeperWait, tryKeeperStatus } from './keeper-client';
 import { logTail, spawnKeeper, stopInstance, waitForKeeper, type Spawned } from './instances';
 import type { AppPaths } from './paths';
@@ -40,7 +43,7 @@ export interface CutoverOptions {
   handoff: boolean;
   /** Keep the old release up, closed to traffic, this long for an instant rollback (0: no parking). */
   parkMs: number;
-  /** Requests of the health check sent to each new app process after it passed, before go-live (JIT warm-up). */
+  /** Requests of the health check per new app process at go-live, before new connections are steered to it (JIT warm-up; keeper/warm-up.ts). */
   warmUpRequests: number;
 }
 
@@ -261,16 +264,14 @@ export async function cutover(
           const rule = { path: options.health, port: options.port };
           await waitHealthy(spawned, gated, rule, deadline, say);
           msToHealthy = Date.now() - started;
-          if (options.warmUpRequests > 0) {
-            await Promise.all(gated.apps.map((a) => warmUp(probeSocketPath(spawned.instance.probeSocketPrefix, a.slot), a, rule, options.warmUpRequests)));
-          }
           await waitPortSettled(state, say);
         })(),
       );
       await signals.goLive();
-      progress.phase(`${release.id} is healthy; joining port ${options.port}`);
+      const warm = options.warmUpRequests > 0 ? { count: options.warmUpRequests, path: options.health } : null;
+      progress.phase(`${release.id} is healthy; joining port ${options.port}${warm ? ` (warming it up with ${warm.count} request(s) per process first)` : ''}`);
       try {
-        live = await keeperLive(spawned.instance.controlSocket, old ? [old.keeperPid] : []);
+        live = await keeperLive(spawned.instance.controlSocket, old ? [old.keeperPid] : [], warm);
       } catch (err) {
         throw failure(spawned, 'RD_ERR_GO_LIVE', `The new version passed health but could not go live: ${(err as Error).message}`);
       }

@@ -40,18 +40,26 @@ export interface ProbeTarget {
 }
 
 /**
- * A connection to the probe socket: TLS for a TLS app (the probe checks the
- * app, not its certificate; the socket is private), else plain.
+ * Where a probe or a warm-up connects: an app process's private probe
+ * socket (a path), or a TCP address: the keeper warms a release up through
+ * its own listener, from source ports it steers to itself (keeper/main.ts).
  */
-function connectProbe(socketPath: string, tls: boolean, alpn: string[]): () => net.Socket {
-  if (!tls) return () => net.connect(socketPath);
+export type Endpoint = string | { host: string; port: number; localPort: number };
+
+/**
+ * A connection to `endpoint`: TLS for a TLS app (the probe checks the app,
+ * not its certificate; the socket is private), else plain.
+ */
+function connectTo(endpoint: Endpoint, tls: boolean, alpn: string[]): () => net.Socket {
+  const where = typeof endpoint === 'string' ? { path: endpoint } : endpoint;
+  if (!tls) return () => net.connect(where);
   const tlsModule = require('node:tls') as typeof import('node:tls'); // on use: most apps are plain HTTP
-  return () => tlsModule.connect({ path: socketPath, ALPNProtocols: alpn, servername: 'localhost', rejectUnauthorized: false });
+  return () => tlsModule.connect({ ...where, ALPNProtocols: alpn, servername: 'localhost', rejectUnauthorized: false });
 }
 
 export async function probe(socketPath: string, target: ProbeTarget, rule: HealthRule, timeoutMs: number): Promise<ProbeResult> {
   if (target.h2) return probeH2(socketPath, target.tls, rule, timeoutMs);
-  const socket = connectProbe(socketPath, target.tls, ['http/1.1'])();
+  const socket = connectTo(socketPath, target.tls, ['http/1.1'])();
   return new Promise<ProbeResult>((resolve) => {
     const chunks: Buffer[] = [];
     const finish = (result: ProbeResult): void => {
@@ -137,70 +145,70 @@ function notHttp(raw: Buffer): ProbeResult {
 }
 
 /**
- * Warm-up: `count` more requests of the health check. A process that has
- * served nothing yet runs its request path in V8's interpreter (and
- * allocates its first pools); measured under load, the first ~60 ms after
- * go-live then answered 5-10x slower than usual.
+ * Warm-up: one request of the health check per endpoint, each on a
+ * connection of its own (`Connection: close`), `inFlight` at a time. A
+ * process that has served nothing yet runs its request path in V8's
+ * interpreter (and allocates its first pools); measured under load, the
+ * first ~40 ms after go-live then answered several times slower than usual.
  *
- * The requests go `lanes` connections at a time (new connections, like
- * the first public ones), pipelined on each (RFC 9112 section 9.3.2): all
- * written at once, the last with `Connection: close`, so that the lane ends
- * when the server has answered them all and closes. Node's server answers
- * pipelined requests one after the other. A request on a connection of its
- * own cost the app ~0.6 ms here, a pipelined one ~0.1 ms: more warm-up for
- * the same wait. Answers are not read: the health check has passed. An
- * HTTP/2-only app gets the same count as streams, one session per lane.
- * Best effort: a lane that has not finished after WARM_UP_LIMIT_MS is
- * dropped. Opt-in: DEFAULT_WARM_UP in options.ts says what it costs.
+ * One request per connection, not several pipelined on one (RFC 9112
+ * section 9.3.2), which would cost the server less per request: a process
+ * warmed up with pipelined requests kept answering keep-alive traffic at
+ * ~+1% CPU per request (the benchmark's overhead measure, 8 sets: sets
+ * -0.1..+2.0%, median +1.0%, against -0.1% with one request per
+ * connection): its code was tuned to a pattern its clients do not send.
+ * Answers are read and dropped: the health check has passed. An
+ * HTTP/2-only app gets one stream per session. Best effort: what has not
+ * finished WARM_UP_LIMIT_MS after the start is dropped, and a failed
+ * request is not retried.
  */
-export async function warmUp(socketPath: string, target: ProbeTarget, rule: HealthRule, count: number, lanes = 4): Promise<void> {
-  const n = Math.min(lanes, count);
-  const sizes = Array.from({ length: n }, (_, i) => Math.floor(count / n) + (i < count % n ? 1 : 0));
-  if (target.h2) {
-    await Promise.all(sizes.map((size) => streams(socketPath, target.tls, rule, size)));
-    return;
-  }
-  const connect = connectProbe(socketPath, target.tls, ['http/1.1']);
-  await Promise.all(sizes.map((size) => pipelined(connect, rule, size)));
+export async function warmUp(endpoints: Endpoint[], target: ProbeTarget, rule: HealthRule, inFlight: number): Promise<void> {
+  const deadline = Date.now() + WARM_UP_LIMIT_MS;
+  let next = 0;
+  const lane = async (): Promise<void> => {
+    while (next < endpoints.length && Date.now() < deadline) {
+      const endpoint = endpoints[next++];
+      const left = deadline - Date.now();
+      if (target.h2) await h2Once(endpoint, target.tls, rule, left);
+      else await once(connectTo(endpoint, target.tls, ['http/1.1']), rule, left);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(inFlight, endpoints.length) }, lane));
 }
 
 const WARM_UP_LIMIT_MS = 5_000;
 
-/** `count` requests at once, as streams of one HTTP/2 session. */
-async function streams(socketPath: string, tls: boolean, rule: HealthRule, count: number): Promise<void> {
-  const session = h2Session(socketPath, tls, rule);
-  session.on('error', () => undefined); // the streams close with it
-  const timer = setTimeout(() => session.destroy(), WARM_UP_LIMIT_MS);
+/** One request as a stream of an HTTP/2 session of its own. */
+async function h2Once(endpoint: Endpoint, tls: boolean, rule: HealthRule, limitMs: number): Promise<void> {
+  const session = h2Session(endpoint, tls, rule);
+  session.on('error', () => undefined); // the stream closes with it
+  const timer = setTimeout(() => session.destroy(), limitMs);
   try {
-    await Promise.all(
-      Array.from({ length: count }, () => {
-        const req = session.request({ ':path': rule.path ?? '/', 'user-agent': 'reuse-deploy-warm-up' });
-        req.on('error', () => undefined); // seen as 'close'
-        req.resume();
-        req.end();
-        return new Promise<void>((resolve) => req.on('close', resolve));
-      }),
-    );
+    const req = session.request({ ':path': rule.path ?? '/', 'user-agent': 'reuse-deploy-warm-up' });
+    req.on('error', () => undefined); // seen as 'close'
+    req.resume();
+    req.end();
+    await new Promise<void>((resolve) => req.on('close', resolve));
   } finally {
     clearTimeout(timer);
     session.destroy();
   }
 }
 
-function pipelined(connect: () => net.Socket, rule: HealthRule, count: number): Promise<void> {
-  const request = (close: boolean): string => getRequest(rule, 'reuse-deploy-warm-up', close);
+/** One request with `Connection: close`: done when the server has answered and closed. */
+function once(connect: () => net.Socket, rule: HealthRule, limitMs: number): Promise<void> {
   return new Promise<void>((resolve) => {
     const socket = connect();
-    const timer = setTimeout(() => socket.destroy(), WARM_UP_LIMIT_MS);
+    const timer = setTimeout(() => socket.destroy(), limitMs);
     socket.on('error', () => undefined); // seen as 'close'
     socket.on('close', () => {
       clearTimeout(timer);
       resolve();
     });
-    socket.resume(); // the answers are not needed; reading them lets the server go on
+    socket.resume(); // the answer is not needed; reading it lets the server go on
     // write, not end(): a server may take a half-closed connection for a
-    // client that has gone, before it has answered every request on it.
-    socket.write(request(false).repeat(count - 1) + request(true));
+    // client that has gone, before it has answered.
+    socket.write(getRequest(rule, 'reuse-deploy-warm-up', true));
   });
 }
 
@@ -210,9 +218,9 @@ function failed(err: unknown): ProbeResult {
 }
 
 /** An HTTP/2 session to the probe socket. */
-function h2Session(socketPath: string, tls: boolean, rule: HealthRule): import('node:http2').ClientHttp2Session {
+function h2Session(endpoint: Endpoint, tls: boolean, rule: HealthRule): import('node:http2').ClientHttp2Session {
   const http2 = require('node:http2') as typeof import('node:http2');
-  return http2.connect(`${tls ? 'https' : 'http'}://localhost:${rule.port}`, { createConnection: connectProbe(socketPath, tls, ['h2']) });
+  return http2.connect(`${tls ? 'https' : 'http'}://localhost:${rule.port}`, { createConnection: connectTo(endpoint, tls, ['h2']) });
 }
 
 async function probeH2(socketPath: string, tls: boolean, rule: HealthRule, timeoutMs: number): Promise<ProbeResult> {

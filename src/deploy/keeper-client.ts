@@ -9,7 +9,7 @@
 // server is ours: it sends a Content-Length and closes the connection
 // (RFC 9112 section 9.6: the client's "Connection: close").
 import net from 'node:net';
-import type { KeeperStatus } from '../protocol';
+import type { KeeperStatus, WarmUpRequest } from '../protocol';
 
 /** Status code and body of one complete HTTP/1.1 response, or an error saying what is wrong with it. */
 function parseResponse(raw: Buffer): { status: number; body: string } {
@@ -68,8 +68,9 @@ export function keeperWait(socketPath: string, phases: string[], timeoutMs: numb
   return call(socketPath, 'GET', `/wait?phases=${phases.join(',')}&timeoutMs=${timeoutMs}`, undefined, timeoutMs + 2_000);
 }
 
-export function keeperLive(socketPath: string, knownPids: number[]): Promise<KeeperStatus> {
-  return call(socketPath, 'POST', '/live', { knownPids }, 15_000);
+/** Go-live, with the warm-up first if `warmUp` asks for one (best effort, at most 5 s: the timeout allows for it). */
+export function keeperLive(socketPath: string, knownPids: number[], warmUp: WarmUpRequest | null = null): Promise<KeeperStatus> {
+  return call(socketPath, 'POST', '/live', { knownPids, warmUp }, 15_000);
 }
 
 export function keeperUnpark(socketPath: string, knownPids: number[]): Promise<KeeperStatus> {

@@ -12,11 +12,12 @@ import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { acceptQueue, closeFd, detachSteering, dup2Fd, ensureAddon, listenFd, setSlice, unlisten } from '../native';
-import { BOOT_NICE, BOOT_NICE_SLOW, BOOT_RAISE_MS, HELPERS_YOUNG_MS, SERVING_SLICE_NS, type KeeperConfig, type KeeperPhase, type KeeperStatus } from '../protocol';
+import { acceptQueue, attachSteeringBySource, closeFd, detachSteering, dup2Fd, ensureAddon, listenFd, setSlice, unlisten } from '../native';
+import { BOOT_NICE, BOOT_NICE_SLOW, BOOT_RAISE_MS, HELPERS_YOUNG_MS, SERVING_SLICE_NS, type KeeperConfig, type KeeperPhase, type KeeperStatus, type WarmUpRequest } from '../protocol';
 import { AppProcess } from './apps';
 import { bindDeploySocket, isBindFailure } from './bind';
-import { countPeers, detachWhenAlone, steerToSelf } from './steering';
+import { countPeers, detachWhenAlone, HASH_INDEX, holdForPeer, steerToSelf } from './steering';
+import { pickWarmUpPorts, warmUpThroughPort } from './warm-up';
 import { watchLogSize } from './logs';
 import { CRASH_LOOP, nextRestartDelay } from './supervise';
 
@@ -131,37 +132,54 @@ async function waitFor(predicate: () => boolean, timeoutMs: number, stepMs = 50)
 }
 
 /**
- * Joins the port: listen(), steer new connections here, and let the apps
- * accept. Also brings a parked release back (`unpark`): its socket is still
- * bound and its apps still run, so nothing boots.
+ * Joins the port: listen(), let the apps accept, warm them up if asked,
+ * then steer new connections here. Also brings a parked release back
+ * (`unpark`): its socket is still bound and its apps still run, so nothing
+ * boots and nothing is warmed up.
  */
-async function goLive(knownPids: number[], from: 'gated' | 'parked'): Promise<KeeperStatus> {
+async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmUpRequest | null = null): Promise<KeeperStatus> {
   if (status.phase !== from) throw new Error(`cannot go live from phase ${status.phase}`);
   if (!apps.every((a) => a.running)) throw new Error('an app process of this release is no longer running');
   const peers = countPeers(address, config.port, ownInode);
+  const warmUpPorts = warm && warm.count > 0 ? pickWarmUpPorts(warm, apps.length) : null;
   listenFd(fd, 511);
   status.listener = 'listening';
-  // Steer at once, so that the switch is clean: from here on every new
-  // connection queues on this socket, and waits the few milliseconds until
-  // the app processes take over the fd.
+  // Until the app processes accept on the socket (and are warmed up), new
+  // connections keep going where they went: steered at once, they waited
+  // in this socket's queue for the 'live' message to reach the apps and
+  // their servers to start (p50 3.3 ms for those that arrived in that gap,
+  // under the benchmark's load). With one peer, that is index 0 and we are
+  // index 1; with more (listeners of no known release), an index past the
+  // group's end leaves them to the kernel's hash, as before we joined, ours
+  // included (reuseport_select_sock). The warm-up's own connections come
+  // from source ports of ours and are steered here.
+  const held = peers > 0 && (warmUpPorts !== null || peers === 1);
+  const others = peers === 1 ? 0 : HASH_INDEX;
+  if (held && warmUpPorts) attachSteeringBySource(fd, warmUpPorts.first, warmUpPorts.last, peers, others);
+  else if (held) holdForPeer(fd);
   status.steering = null;
+  const backOut = (why: string): Error => {
+    // Leave the group again at once: nobody would accept what lands here.
+    if (held) detachSteering(fd);
+    unlisten(fd);
+    status.listener = 'bound';
+    return new Error(why);
+  };
+  for (const app of apps) app.send({ rd: from === 'gated' ? 'live' : 'unpark' });
+  if (!(await waitFor(() => allApps('live'), 10_000))) throw backOut('the app processes did not start accepting within 10 s');
+  if (warm && warmUpPorts) {
+    const started = Date.now();
+    await warmUpThroughPort(address, config.port, apps.map((a) => a.status), warm, warmUpPorts);
+    log(`warmed up: ${warm.count} request(s) per app process through the port in ${Date.now() - started} ms`);
+    if (!apps.every((a) => a.running)) throw backOut('an app process of this release exited during the warm-up');
+  }
+  // Every app process accepts now: every new connection comes here.
   if (peers > 0) {
     status.steering = steerToSelf(fd, address, config.port, ownInode, peers, knownPids);
     log(`steering new connections to group index ${peers} of ${status.steering.groupSize}`);
     if (status.steering.unknown > 0) {
       log(`warning: ${status.steering.unknown} listener(s) on the port belong to no known release; they keep their share after the old release leaves`);
     }
-  }
-  for (const app of apps) app.send({ rd: from === 'gated' ? 'live' : 'unpark' });
-  if (!(await waitFor(() => allApps('live'), 10_000))) {
-    // Leave the group again at once: nobody would accept what lands here.
-    if (status.steering) detachSteering(fd);
-    unlisten(fd);
-    status.listener = 'bound';
-    status.steering = null;
-    throw new Error('the app processes did not start accepting within 10 s');
-  }
-  if (status.steering) {
     detachWhenAlone(fd, address, config.port, status.steering.groupSize, () => fd >= 0, log, () => (status.steering = null));
   }
   clearTimeout(parkTimer);
@@ -582,7 +600,7 @@ async function main(): Promise<void> {
       status.apps = apps.map((a) => ({ ...a.status }));
       return status;
     },
-    live: (body) => goLive(Array.isArray(body.knownPids) ? body.knownPids.map(Number) : [], 'gated'),
+    live: (body) => goLive(Array.isArray(body.knownPids) ? body.knownPids.map(Number) : [], 'gated', warmUpRequest(body.warmUp)),
     unpark: (body) => goLive(Array.isArray(body.knownPids) ? body.knownPids.map(Number) : [], 'parked'),
     drain: (body) =>
       startDrain(Number(body.timeoutMs ?? 30_000), Number(body.graceMs ?? 0), Number(body.parkMs ?? 0), Array.isArray(body.handoff) ? body.handoff.map(String) : []),
@@ -599,6 +617,14 @@ async function main(): Promise<void> {
       void stopApps().then(() => shutdown(1));
     }
   }, c.gateTimeoutMs).unref();
+}
+
+/** The go-live call's `warmUp`, if it asks for one. */
+function warmUpRequest(value: unknown): WarmUpRequest | null {
+  const w = value as Partial<WarmUpRequest> | null | undefined;
+  const count = Number(w?.count);
+  if (!w || !Number.isInteger(count) || count <= 0) return null;
+  return { count, path: typeof w.path === 'string' ? w.path : null };
 }
 
 function startDrain(timeoutMs: number, graceMs: number, parkMs: number, handoff: string[] = []): void {

@@ -39,6 +39,19 @@ export function steerToSelf(fd: number, address: string, port: number, ownInode:
   return { index: peersBefore, groupSize: members.length, unknown };
 }
 
+/** A program's answer past any group's end: the kernel's hash picks (run_bpf_filter returns no socket). */
+export const HASH_INDEX = 0xffffffff;
+
+/**
+ * Attaches `ret 0` through our socket, which must already be listening: with
+ * one peer before us, that peer is index 0 and we are index 1, so every new
+ * connection still goes to the peer while our app processes start to
+ * accept. steerToSelf replaces the program (reuseport_attach_prog swaps it).
+ */
+export function holdForPeer(fd: number): void {
+  attachSteering(fd, 0);
+}
+
 /**
  * Polls the group until our socket is its only member, then detaches the
  * program and calls `done`. Stops without detaching if the group grows (a
