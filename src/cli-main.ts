@@ -105,7 +105,7 @@ cli
   .option('--drain-timeout <duration>', 'Time the old version gets to finish its requests (default: 30s)')
   .option('--handshake-grace <duration>', 'Wait for handshakes in flight to the old listener before it closes (default: 1s)')
   .option('--no-handoff', 'Close the old version\'s idle keep-alive connections (clients reconnect) instead of handing them to the new one')
-  .option('--warm-up <n>', 'Requests of the health check sent to each new app process at go-live, before it takes traffic, to warm up its JIT; 0 for none (default: 25)')
+  .option('--warm-up <n>', 'Requests of the health check sent to each new app process at go-live, before it takes traffic, to warm up its JIT (default: 0, none)')
   .option('--instances <n>', 'App processes per release, or "max" for one per CPU (default: 1)')
   .option('--env <KEY=VALUE>', 'Environment variable for the app (repeatable)')
   .option('--node-arg <arg>', 'Extra argument for node, e.g. --node-arg=--max-old-space-size=512 (repeatable)')

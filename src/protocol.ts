@@ -137,7 +137,7 @@ export interface AppStatus {
 
 /** CLI -> keeper, with go-live: warm the app processes up first (`--warm-up`; keeper/warm-up.ts). */
 export interface WarmUpRequest {
-  /** Requests per app process (pipelined; the health check's). */
+  /** Requests of the health check per app process, one per connection. */
   count: number;
   /** The health check's path (--health), or null for GET /. */
   path: string | null;

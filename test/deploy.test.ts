@@ -216,15 +216,15 @@ describe('a failed deploy leaves v1 serving, untouched', () => {
 });
 
 describe('speed and priority', () => {
-  test('warm-up: the health check is sent --warm-up more times at go-live (25 by default), through the port', async () => {
+  test('warm-up: the health check is sent --warm-up more times at go-live, through the port, and not by default', async () => {
     const plain = await deploy('app.js', '--health', '/healthz');
     assert.equal(plain.code, 0, plain.stderr);
     remember(stateDir, 'app');
-    // One probe passed (the app is healthy at once), then the default warm-up.
-    assert.equal((await get(port, '/healthz-count')).body, '26', 'one probe, 25 warm-up requests');
+    assert.equal((await get(port, '/healthz-count')).body, '1', 'one probe, no warm-up');
     const r = await deploy('app.js', '--health', '/healthz', '--warm-up', '7');
     assert.equal(r.code, 0, r.stderr);
     remember(stateDir, 'app');
+    // One probe passed (the app is healthy at once), then seven warm-up requests.
     assert.equal((await get(port, '/healthz-count')).body, '8');
     // The warm-up came through the app's listener (the probe's private
     // socket gives no remote port), from source ports steered to it.

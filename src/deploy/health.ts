@@ -47,8 +47,10 @@ export interface ProbeTarget {
 export type Endpoint = string | { host: string; port: number; localPort: number };
 
 /**
- * A connection to `endpoint`: TLS for a TLS app (the probe checks the app,
- * not its certificate; the socket is private), else plain.
+ * A connection to `endpoint`: TLS for a TLS app, else plain. The
+ * certificate is not checked: the probe checks the app, over a private
+ * socket, and a warm-up connection is steered to the new release's own
+ * listener.
  */
 function connectTo(endpoint: Endpoint, tls: boolean, alpn: string[]): () => net.Socket {
   const where = typeof endpoint === 'string' ? { path: endpoint } : endpoint;
@@ -156,7 +158,7 @@ function notHttp(raw: Buffer): ProbeResult {
  * warmed up with pipelined requests kept answering keep-alive traffic at
  * ~+1% CPU per request (the benchmark's overhead measure, 8 sets: sets
  * -0.1..+2.0%, median +1.0%, against -0.1% with one request per
- * connection): its code was tuned to a pattern its clients do not send.
+ * connection), presumably tuned to a pattern its clients do not send.
  * Answers are read and dropped: the health check has passed. An
  * HTTP/2-only app gets one stream per session. Best effort: what has not
  * finished WARM_UP_LIMIT_MS after the start is dropped, and a failed

@@ -65,16 +65,17 @@ export async function resolveHost(value: unknown): Promise<string> {
 
 /**
  * Warm-up requests per app process at go-live, before new connections are
- * steered to it (keeper/warm-up.ts). A process that has served nothing
- * answers its first public requests slowly. Under the benchmark's load
- * (1000 req/s, a new connection per request, 20 deploys each), requests
- * over 2 ms in the first 40 ms after go-live, per deploy: 1.6 without a
- * warm-up, 0.2 with 25, 0.1 with 50; go-live took 19 and 26 ms against 4
- * with one instance, and 30 and 46 ms against ~6 with two. Twenty-five buys
- * nearly all of it for the shortest wait. `--warm-up 0` turns it off, e.g.
- * for a health path with side effects.
+ * steered to it (keeper/warm-up.ts). None by default: it buys little for
+ * the wait it adds. Under the benchmark's load (1000 req/s, a new
+ * connection per request, 20 deploys each), requests over 2 ms in the
+ * first 40 ms after go-live, per deploy: 1.6 without a warm-up, 1.3 with
+ * 10, 0.2 with 25, 0.1 with 50, out of ~17 per deploy that p99 allows; and
+ * go-live took 13, 19 and 26 ms against 4 with one instance, 21, 30 and 46
+ * against ~6 with two. In a full `npm run bench` with 25, the 2-instance
+ * rows' deploys took 144-189 ms beyond the app's boot (117-151 without),
+ * and deploys under a saturating load 239 (165-171).
  */
-export const DEFAULT_WARM_UP = 25;
+export const DEFAULT_WARM_UP = 0;
 
 export function parseWarmUp(value: unknown): number {
   if (value === undefined) return DEFAULT_WARM_UP;

@@ -7,13 +7,16 @@
 //
 // Through the listener rather than the private probe socket, so that the
 // process serves the warm-up as it serves its clients: on connections its
-// own server accepted, after its listen(). Measured before (README, "What a
-// deploy does", step 5), a process warmed up over its probe socket served
-// every later request at ~20% more CPU; most of that was Node 20's memory
-// reducer (keeper/apps.ts, defaultNodeArgs), which went for processes warmed
-// through the listener as well (+32% keep-alive, +42% a new connection per
-// request, 7 of 8 sets) until it was turned off (+0.6..+1.0%, and -0.1%
-// with one request per connection: health.ts, warmUp).
+// own server accepted, after its listen(). (The warm-up went over the probe
+// socket before go-live until this was measured.) How the warm-up affects
+// the process's cost per request later, in `npm run bench`'s overhead
+// measure (8 sets of processes side by side on one CPU):
+// - over the probe socket: ~+20% (the README of then);
+// - through the listener, 200 pipelined requests: +32% keep-alive, +42% a
+//   new connection per request, in 7 of 8 sets. Most of it was Node 20's
+//   memory reducer (keeper/apps.ts, defaultNodeArgs);
+// - the same without the memory reducer (50 requests): +1.0% and +0.6%;
+// - one request per connection (as now): -0.1% and -0.1%.
 import { warmUp, type Endpoint } from '../deploy/health';
 import type { AppStatus, WarmUpRequest } from '../protocol';
 
