@@ -52,21 +52,20 @@ import { ENV, handoffSocketPath, isAppMessage, probeSocketPath, type AppMessage,
  * `--no-memory-reducer` on Node 20 and 22, too. V8's memory reducer runs
  * full GCs in a process that has gone idle (from 8 s on,
  * --gc-memory-reducer-start-delay-ms), and on these two versions a process
- * that had served requests before it went idle came back from them slow
- * for good. Measured here (bench app, pinned to CPU 1 beside a bare process
- * idle since its start, wrk on CPU 0; the median of three 2 s windows, in
- * each of three trials): a bare app that served 200 requests, idled 25 s,
- * then took load cost +15, +17 and +24% CPU per request on Node 20, +25,
- * +28 and +31% on Node 22, and with this flag -9, -1 and -1% (Node 20;
- * the reference process had slow windows) and -1, -1 and +2% (Node 22);
- * Node 24 did not slow down (0, +2, +2%). So it is not ours: any app on
- * those versions pays it after a quiet spell. A deployed process meets it
- * after its warm-up (`--warm-up`), which is activity before the wait for
- * traffic: +18, +21 and +22% after 25 s idle, +1% loaded at once, and
- * -4..0% with the flag. What the reducer gives
- * back is heap an idle process no longer needs; for the bench app its RSS
- * after 25 s idle was the same either way (54.7 against 54.4 MB). An app
- * turns it back on with `--node-arg=--memory-reducer`.
+ * that had served requests before it went idle came back from them slow for
+ * good. Measured here (bench app, pinned to CPU 1 beside a bare process idle
+ * since its start, wrk on CPU 0; the median of three 2 s windows, in each of
+ * three trials): a bare app that served 200 requests, idled 25 s, then took
+ * load cost +15, +17 and +24% CPU per request on Node 20, +25, +28 and +31%
+ * on Node 22, and with this flag -9, -1 and -1% (Node 20; the reference
+ * process had slow windows) and -1, -1 and +2% (Node 22); Node 24 did not
+ * slow down (0, +2, +2%). So it is not ours: any app on those versions pays
+ * it after a quiet spell. A deployed process meets it after its warm-up
+ * (`--warm-up`), which is activity before the wait for traffic: +18, +21 and
+ * +22% after 25 s idle, +1% loaded at once, and -4..0% with the flag. What
+ * the reducer gives back is heap an idle process no longer needs; for the
+ * bench app its RSS after 25 s idle was the same either way (54.7 against
+ * 54.4 MB). An app turns it back on with `--node-arg=--memory-reducer`.
  */
 export function defaultNodeArgs(nodeVersion: string = process.versions.node): string[] {
   return Number(nodeVersion.split('.')[0]) < 24 ? ['--no-flush-bytecode', '--no-memory-reducer'] : [];
