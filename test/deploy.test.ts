@@ -232,6 +232,7 @@ describe('speed and priority', () => {
     assert.equal(ports.length, 8);
     assert.equal(ports[0], 0, 'the probe: a unix socket');
     assert.ok(ports.slice(1).every((p) => p >= 20_000 && p < 30_000), `warm-up source ports: ${ports.join(' ')}`);
+    assert.match(fs.readFileSync(path.join(stateDir, 'app', 'logs', 'r2.log'), 'utf8'), /warmed up through the port: 7 of 7 request\(s\) answered/);
     // One connection per request, 8 at a time: every request is answered.
     const many = await deploy('app.js', '--health', '/healthz', '--warm-up', '301');
     assert.equal(many.code, 0, many.stderr);

@@ -162,50 +162,57 @@ function notHttp(raw: Buffer): ProbeResult {
  * Answers are read and dropped: the health check has passed. An
  * HTTP/2-only app gets one stream per session. Best effort: what has not
  * finished WARM_UP_LIMIT_MS after the start is dropped, and a failed
- * request is not retried.
+ * request is not retried. Returns how many were answered.
  */
-export async function warmUp(endpoints: Endpoint[], target: ProbeTarget, rule: HealthRule, inFlight: number): Promise<void> {
+export async function warmUp(endpoints: Endpoint[], target: ProbeTarget, rule: HealthRule, inFlight: number): Promise<number> {
   const deadline = Date.now() + WARM_UP_LIMIT_MS;
   let next = 0;
+  let answered = 0;
   const lane = async (): Promise<void> => {
     while (next < endpoints.length && Date.now() < deadline) {
       const endpoint = endpoints[next++];
       const left = deadline - Date.now();
-      if (target.h2) await h2Once(endpoint, target.tls, rule, left);
-      else await once(connectTo(endpoint, target.tls, ['http/1.1']), rule, left);
+      const ok = target.h2 ? await h2Once(endpoint, target.tls, rule, left) : await once(connectTo(endpoint, target.tls, ['http/1.1']), rule, left);
+      if (ok) answered++;
     }
   };
   await Promise.all(Array.from({ length: Math.min(inFlight, endpoints.length) }, lane));
+  return answered;
 }
 
 const WARM_UP_LIMIT_MS = 5_000;
 
-/** One request as a stream of an HTTP/2 session of its own. */
-async function h2Once(endpoint: Endpoint, tls: boolean, rule: HealthRule, limitMs: number): Promise<void> {
+/** One request as a stream of an HTTP/2 session of its own; true once an answer came. */
+async function h2Once(endpoint: Endpoint, tls: boolean, rule: HealthRule, limitMs: number): Promise<boolean> {
   const session = h2Session(endpoint, tls, rule);
   session.on('error', () => undefined); // the stream closes with it
   const timer = setTimeout(() => session.destroy(), limitMs);
   try {
     const req = session.request({ ':path': rule.path ?? '/', 'user-agent': 'reuse-deploy-warm-up' });
     req.on('error', () => undefined); // seen as 'close'
+    let answered = false;
+    req.once('response', () => (answered = true));
     req.resume();
     req.end();
     await new Promise<void>((resolve) => req.on('close', resolve));
+    return answered;
   } finally {
     clearTimeout(timer);
     session.destroy();
   }
 }
 
-/** One request with `Connection: close`: done when the server has answered and closed. */
-function once(connect: () => net.Socket, rule: HealthRule, limitMs: number): Promise<void> {
-  return new Promise<void>((resolve) => {
+/** One request with `Connection: close`: done when the server has closed; true if it answered first. */
+function once(connect: () => net.Socket, rule: HealthRule, limitMs: number): Promise<boolean> {
+  return new Promise<boolean>((resolve) => {
     const socket = connect();
     const timer = setTimeout(() => socket.destroy(), limitMs);
+    let answered = false;
+    socket.once('data', () => (answered = true));
     socket.on('error', () => undefined); // seen as 'close'
     socket.on('close', () => {
       clearTimeout(timer);
-      resolve();
+      resolve(answered);
     });
     socket.resume(); // the answer is not needed; reading it lets the server go on
     // write, not end(): a server may take a half-closed connection for a

@@ -169,8 +169,9 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmU
   if (!(await waitFor(() => allApps('live'), 10_000))) throw backOut('the app processes did not start accepting within 10 s');
   if (warm && warmUpPorts) {
     const started = Date.now();
-    await warmUpThroughPort(address, config.port, apps.map((a) => a.status), warm, warmUpPorts);
-    log(`warmed up: ${warm.count} request(s) per app process through the port in ${Date.now() - started} ms`);
+    const answered = await warmUpThroughPort(address, config.port, apps.map((a) => a.status), warm, warmUpPorts);
+    const sent = warmUpPorts.last - warmUpPorts.first + 1;
+    log(`warmed up through the port: ${answered} of ${sent} request(s) answered (${warm.count} per app process) in ${Date.now() - started} ms`);
     if (!apps.every((a) => a.running)) throw backOut('an app process of this release exited during the warm-up');
   }
   // Every app process accepts now: every new connection comes here.

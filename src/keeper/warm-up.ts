@@ -55,13 +55,13 @@ function loopbackFor(address: string): string {
 
 /**
  * `warm.count` requests per app process, one per connection, from the ports
- * of `ports`. Each connection goes to whichever process accepts it, so a
- * process gets its share on average.
+ * of `ports`; returns how many were answered. Each connection goes to
+ * whichever process accepts it, so a process gets its share on average.
  */
-export async function warmUpThroughPort(address: string, port: number, apps: AppStatus[], warm: WarmUpRequest, ports: WarmUpPorts): Promise<void> {
+export async function warmUpThroughPort(address: string, port: number, apps: AppStatus[], warm: WarmUpRequest, ports: WarmUpPorts): Promise<number> {
   const host = loopbackFor(address);
   const endpoints: Endpoint[] = [];
   for (let p = ports.first; p <= ports.last; p++) endpoints.push({ host, port, localPort: p });
   const target = { tls: apps.some((a) => a.tls), h2: apps.some((a) => a.h2) };
-  await warmUp(endpoints, target, { path: warm.path, port }, IN_FLIGHT * apps.length);
+  return warmUp(endpoints, target, { path: warm.path, port }, IN_FLIGHT * apps.length);
 }
