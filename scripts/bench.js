@@ -12,8 +12,11 @@
 //              the same with `--instances 2`: two app processes per release
 //              on the release's one socket
 // each in two load modes: keep-alive (ka) and a new connection per request
-// (close). Also: the app's bare boot time (one process; and two spawned at
-// once, which the 2-instance rows' wall time is set against), and the
+// (close). A row: 5 s of load not counted (the load generator's warm-up),
+// 10 s at rest, the deploys, 2.5 s for the last one's drain, 10 s at rest
+// again; "p99 at rest" pools the two rest windows. Also: the app's bare
+// boot time (one process; and two spawned at once, which the 2-instance
+// rows' wall time is set against), and the
 // runtime preload's overhead: the app bare (twice: the second is a
 // control), with an inert `--require dist/src/runtime/preload.js`, and
 // deployed by reuse-deploy, loaded side by side on CPU 1 with their load
@@ -103,9 +106,23 @@ function parseArgs(argv) {
   if (o.gapMs === null) o.gapMs = o.quick ? 600 : 1500;
   // p99 of a 3 s window is the 30th slowest of 3000 requests, and it varied
   // 2-3x between rows of one run; 10 s makes the baseline worth comparing to.
+  // The rest windows are two, one before the first deploy and one after the
+  // last (A-B-A), pooled: one window alone set the baseline by what the host
+  // happened to do in it (the rest p99 of one run's rows spanned 0.42-1.29
+  // ms), and the two show any drift over the row.
   if (o.restMs === null) o.restMs = o.quick ? 1000 : 10_000;
-  o.warmupMs = 500; // not counted at rest: connection setup, JIT
-  o.settleMs = o.quick ? 800 : 1500; // load continues after the last deploy
+  // Load before the first rest window, not counted: the load generator's
+  // own warm-up. A fresh scripts/load.js against an app that had already
+  // served 8 or 16 s answered with a p99 of 7-10 ms in its first second,
+  // 1.6-2.4 in the second, 0.7-1.3 in the third and 0.3-0.6 from the
+  // fifth on (keep-alive; with a new connection per request 5.7-6.2, 2.5-3.9,
+  // 1.9-2.5, then ~1). With 500 ms here, the first rest window's p99 was
+  // largely the generator's warm-up, and the ratio to it flattered the deploys.
+  o.warmupMs = o.quick ? 2000 : 5000;
+  // After the last deploy, before the second rest window: the old release's
+  // drain (reuse-deploy: 1 s handshake grace, then the hand-over; PM2: its
+  // kill timeout) still counts as deploy time.
+  o.settleMs = o.quick ? 1500 : 2500;
   o.bootSamples = o.quick ? 5 : 10;
   if (o.overheadRounds === null) o.overheadRounds = o.quick ? 2 : 3;
   // Ten sets: a process differs from another of the same build by up to
@@ -610,12 +627,19 @@ function median(xs) {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
-function analyze(load, deploys, loadStartedAt) {
+/**
+ * Latency at rest (before the first deploy, after the warm-up; and from
+ * `restAfterAt` on, after the last deploy has settled) and in the deploy
+ * window between the two, with failures counted per 100 ms for the picture.
+ */
+function analyze(load, deploys, loadStartedAt, restAfterAt = Infinity) {
   const firstDeploy = deploys.length ? deploys[0].t0 - load.t0 : Infinity;
   const restFrom = loadStartedAt - load.t0 + opts.warmupMs;
-  const rest = [];
+  const restAfterFrom = restAfterAt - load.t0;
+  const restBefore = [];
+  const restAfter = [];
   const dep = [];
-  // From the first deploy on: requests that opened a new connection, and the others.
+  // In the deploy window: requests that opened a new connection, and the others.
   const depFresh = [];
   const depReused = [];
   const failed = Object.fromEntries(KINDS.slice(1).map((k) => [k, 0]));
@@ -630,7 +654,8 @@ function analyze(load, deploys, loadStartedAt) {
     const b = Math.min(nb - 1, Math.floor((s + load.lat[i]) / bucketMs)); // bucket of completion
     if (k === 0) {
       okB[b]++;
-      if (s >= restFrom && s < firstDeploy) rest.push(load.lat[i]);
+      if (s >= restFrom && s < firstDeploy) restBefore.push(load.lat[i]);
+      else if (s >= restAfterFrom) restAfter.push(load.lat[i]);
       else if (s >= firstDeploy) {
         dep.push(load.lat[i]);
         (load.fresh && load.fresh[i] ? depFresh : depReused).push(load.lat[i]);
@@ -638,10 +663,12 @@ function analyze(load, deploys, loadStartedAt) {
     } else {
       failB[b]++;
       failed[KINDS[k]]++;
-      if (s < firstDeploy) failedAtRest[KINDS[k]]++;
+      if (s < firstDeploy || s >= restAfterFrom) failedAtRest[KINDS[k]]++;
     }
   }
-  for (const xs of [rest, dep, depFresh, depReused]) xs.sort((a, b) => a - b);
+  const rest = [...restBefore, ...restAfter];
+  for (const xs of [rest, restBefore, restAfter, dep, depFresh, depReused]) xs.sort((a, b) => a - b);
+  const stats = (xs) => ({ n: xs.length, p50: percentile(xs, 50), p99: percentile(xs, 99) });
   const totalFailed = Object.values(failed).reduce((a, b) => a + b, 0);
   return {
     requests: load.requests,
@@ -650,12 +677,15 @@ function analyze(load, deploys, loadStartedAt) {
     failedAtRest,
     errors: load.errors,
     versions: load.versions,
-    rest: { n: rest.length, p50: percentile(rest, 50), p99: percentile(rest, 99) },
-    withDeploys: { n: dep.length, p50: percentile(dep, 50), p99: percentile(dep, 99) },
-    newConnections: { n: depFresh.length, p50: percentile(depFresh, 50), p99: percentile(depFresh, 99) },
-    reusedConnections: { n: depReused.length, p50: percentile(depReused, 50), p99: percentile(depReused, 99) },
+    rest: stats(rest),
+    restBefore: stats(restBefore),
+    restAfter: stats(restAfter),
+    withDeploys: stats(dep),
+    newConnections: stats(depFresh),
+    reusedConnections: stats(depReused),
     buckets: { ms: bucketMs, ok: okB, failed: failB },
     markers: deploys.map((d) => ({ from: d.t0 - load.t0, to: d.t1 - load.t0, ok: d.ok })),
+    restAfterFrom: Number.isFinite(restAfterFrom) ? restAfterFrom : null,
     loadMs: load.end - load.t0,
   };
 }
@@ -669,30 +699,33 @@ async function scenario(config, mode, impl, tmp) {
   const deploys = [];
   let load = null;
   try {
-    const budget = opts.restMs + opts.deploys * (opts.gapMs + 20_000) + 30_000;
+    const budget = opts.warmupMs + 2 * opts.restMs + opts.settleMs + opts.deploys * (opts.gapMs + 20_000) + 30_000;
     load = startLoad({
       ns: config.ns,
       port: config.port,
       mode,
       rate: opts.rate,
       durationMs: budget,
-      maxRequests: Math.ceil((opts.rate * (opts.restMs + opts.deploys * (opts.gapMs + 10_000) + 10_000)) / 1000) + 1000,
+      maxRequests: Math.ceil((opts.rate * (opts.warmupMs + 2 * opts.restMs + opts.settleMs + opts.deploys * (opts.gapMs + 10_000) + 10_000)) / 1000) + 1000,
       outFile: path.join(tmp, `load-${config.key}-${mode}.json`),
     });
     const loadStartedAt = await load.started;
     const cpu0 = hostCpu();
-    await sleep(opts.restMs);
+    await sleep(opts.warmupMs + opts.restMs);
     for (let i = 1; i <= opts.deploys && !interrupted; i++) {
       const d = await impl.deploy(`v${i}`);
       d.version = `v${i}`;
       deploys.push(d);
       log(`${label}: deploy ${i}/${opts.deploys} ${d.ok ? 'ok' : 'FAILED'} in ${Math.round(d.wallMs)} ms${d.phases ? ` (${Object.entries(d.phases).map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}`);
       if (!d.ok && d.error) log(`  ${d.error.split('\n').slice(-4).join('\n  ')}`);
-      await sleep(i === opts.deploys ? opts.settleMs : opts.gapMs);
+      if (i < opts.deploys) await sleep(opts.gapMs);
     }
+    await sleep(opts.settleMs);
+    const restAfterAt = now();
+    if (!interrupted) await sleep(opts.restMs);
     const result = await load.stop();
     load = null;
-    const summary = analyze(result, deploys, loadStartedAt);
+    const summary = analyze(result, deploys, loadStartedAt, restAfterAt);
     summary.hostCpuPct = busyPct(cpu0, hostCpu());
     summary.loadavg = os.loadavg()[0];
     if (deploys.length && result.end < deploys[deploys.length - 1].t1) summary.warning = 'the load generator stopped (time or request bound) before the last deploy ended';
@@ -1291,9 +1324,9 @@ async function main() {
   });
   const out = [];
   out.push(`reuse-deploy benchmark  ${meta.date}  node ${meta.node}, kernel ${meta.kernel}, ${meta.cpus} CPUs, load avg ${meta.loadavgStart.map((x) => x.toFixed(2)).join(' ')} at start`);
-  out.push(`load: ${opts.rate} req/s over ${opts.conns} connections, request timeout ${opts.timeoutMs} ms; ${opts.deploys} deploys per row, ${opts.gapMs} ms apart; rest window ${opts.restMs} ms before the first deploy`);
+  out.push(`load: ${opts.rate} req/s over ${opts.conns} connections, request timeout ${opts.timeoutMs} ms; ${opts.deploys} deploys per row, ${opts.gapMs} ms apart; rest windows of ${opts.restMs} ms before the first deploy and after the last (from ${opts.settleMs} ms after it ended on)`);
   if (opts.rdArgs.length) out.push(`reuse-deploy deploys ran with the extra arguments ${opts.rdArgs.join(' ')}`);
-  out.push(`latency in ms, of 2xx answers; "rest" = before the first deploy (after ${opts.warmupMs} ms warm-up), "dep" = from the first deploy on; other = non-2xx + other errors;`);
+  out.push(`latency in ms, of 2xx answers; "rest" = the two rest windows pooled (the first after ${opts.warmupMs} ms warm-up), "dep" = from the first deploy to the second rest window; other = non-2xx + other errors;`);
   out.push('wall = deploy command wall time (plain restart: SIGTERM to first 2xx of the new version), ms; host CPU = whole machine busy during the row (all processes, ours and others)');
   out.push(`app boot time (spawn of bare \`node scripts/bench-app.js\` to first 2xx, median of ${bootSamples.length}): ${fmt(bootMs)} ms${Object.keys(boots).length > 1 ? `; ${Object.keys(boots).filter((k) => k !== '1').map((k) => `${k} processes spawned at once, to the last one's first 2xx: ${fmt(boots[k].medianMs)} ms`).join('; ')} (the "boot" of the rows with that many instances)` : ''}`);
   out.push('');
@@ -1313,10 +1346,17 @@ async function main() {
   // with reuse-deploy), and its client's next request pays for a new
   // connection; with deploys 1.5 s apart these are ~2% of the requests, so
   // they alone can set p99.
+  out.push('');
+  out.push('p99 at rest (ms) in each of the two windows; the table pools them (a row whose two differ a lot ran on a host that changed under it):');
+  out.push(table(['configuration', 'mode', 'p99 before', 'p99 after', 'pooled', 'p99 dep'], scenarios.map((s) => {
+    const r = s.summary;
+    return [s.label, s.mode === 'ka' ? 'keep-alive' : 'conn/req', fmt(r.restBefore.p99, 2), fmt(r.restAfter.p99, 2), fmt(r.rest.p99, 2), fmt(r.withDeploys.p99, 2)];
+  })));
+
   const kaScen = scenarios.filter((s) => s.mode === 'ka' && s.summary.newConnections);
   if (kaScen.length) {
     out.push('');
-    out.push('keep-alive rows, requests from the first deploy on: those that opened a new connection (a client whose connection a version closed) and those on a reused one (ms):');
+    out.push('keep-alive rows, requests in the deploy window: those that opened a new connection (a client whose connection a version closed) and those on a reused one (ms):');
     out.push(table(['configuration', 'new conns', 'share', 'p50 new', 'p99 new', 'p50 reused', 'p99 reused', 'p99 rest'], kaScen.map((s) => {
       const { newConnections: f, reusedConnections: r, withDeploys: d } = s.summary;
       return [s.label, f.n, d.n ? `${fmt((100 * f.n) / d.n, 1)}%` : '-', fmt(f.p50, 2), fmt(f.p99, 2), fmt(r.p50, 2), fmt(r.p99, 2), fmt(s.summary.rest.p99, 2)];
