@@ -696,8 +696,8 @@ function analyze(load, deploys, loadStartedAt, restAfterAt = Infinity) {
  * 1% of the deploy window's requests are over it, so the last column adds
  * up to that budget. Parts are cut at each deploy's start, its "phase live"
  * (the keeper's log) and 1 s after it, when the old release's drain begins
- * (the default handshake grace). Rows without a live mark (a failed deploy)
- * are left out.
+ * (the default handshake grace). A deploy without a live mark (a failed
+ * one) starts no cycle: its requests count in the previous deploy's last part.
  */
 function cycleParts(s) {
   const raw = s.raw;
@@ -741,14 +741,15 @@ async function scenario(config, mode, impl, tmp) {
   const deploys = [];
   let load = null;
   try {
-    const budget = opts.warmupMs + 2 * opts.restMs + opts.settleMs + opts.deploys * (opts.gapMs + 20_000) + 30_000;
+    const undeployedMs = opts.warmupMs + 2 * opts.restMs + opts.settleMs;
+    const budget = undeployedMs + opts.deploys * (opts.gapMs + 20_000) + 30_000;
     load = startLoad({
       ns: config.ns,
       port: config.port,
       mode,
       rate: opts.rate,
       durationMs: budget,
-      maxRequests: Math.ceil((opts.rate * (opts.warmupMs + 2 * opts.restMs + opts.settleMs + opts.deploys * (opts.gapMs + 10_000) + 10_000)) / 1000) + 1000,
+      maxRequests: Math.ceil((opts.rate * (undeployedMs + opts.deploys * (opts.gapMs + 10_000) + 10_000)) / 1000) + 1000,
       outFile: path.join(tmp, `load-${config.key}-${mode}.json`),
     });
     const loadStartedAt = await load.started;
@@ -1395,10 +1396,6 @@ async function main() {
     out.push(table(['row', 'part', 'requests', 'over', 'of part', 'of window'], partRows));
   }
 
-  // Every version change closes each keep-alive connection once (gracefully,
-  // with reuse-deploy), and its client's next request pays for a new
-  // connection; with deploys 1.5 s apart these are ~2% of the requests, so
-  // they alone can set p99.
   out.push('');
   out.push('p99 at rest (ms) in each of the two windows; the table pools them (a row whose two differ a lot ran on a host that changed under it):');
   out.push(table(['configuration', 'mode', 'p99 before', 'p99 after', 'pooled', 'p99 dep'], scenarios.map((s) => {
@@ -1406,6 +1403,10 @@ async function main() {
     return [s.label, s.mode === 'ka' ? 'keep-alive' : 'conn/req', fmt(r.restBefore.p99, 2), fmt(r.restAfter.p99, 2), fmt(r.rest.p99, 2), fmt(r.withDeploys.p99, 2)];
   })));
 
+  // Every version change closes each keep-alive connection once (gracefully,
+  // with reuse-deploy), and its client's next request pays for a new
+  // connection; with deploys 1.5 s apart these are ~2% of the requests, so
+  // they alone can set p99.
   const kaScen = scenarios.filter((s) => s.mode === 'ka' && s.summary.newConnections);
   if (kaScen.length) {
     out.push('');
