@@ -224,16 +224,34 @@ describe('listening fd', () => {
     ['::1', !hasIPv6 && 'no IPv6 loopback here'],
   ] as const) {
     test(`attachSteeringBySource (${host}): connections from the port range go to one member, the rest to the other`, { skip }, async () => {
-      const port = await freePort();
-      const live = bound(host, port);
-      listenFd(live, 64);
-      const next = bound(host, port);
-      listenFd(next, 64); // index 1
-      // Source ports next to a free one: the range the warm-up's lanes use.
-      const lo = await freePort();
-      attachSteeringBySource(next, lo, lo + 1, 1, 0);
-      await connect(port, host, lo);
-      await connect(port, host, lo + 1);
+      // Two source ports below the ephemeral range, as the warm-up's
+      // (keeper/warm-up.ts). A port from freePort() is free to listen on
+      // (Node's servers set SO_REUSEADDR), but the kernel also hands such
+      // ports to outgoing connections, and a connection of an earlier test
+      // still open or in TIME_WAIT on it fails a client's bind: one CI run
+      // got EADDRINUSE so. A pair that is taken anyway is replaced.
+      let port = 0;
+      let live = -1;
+      let next = -1;
+      let lo = 0;
+      for (let attempt = 1; ; attempt++) {
+        port = await freePort();
+        live = bound(host, port);
+        listenFd(live, 64);
+        next = bound(host, port);
+        listenFd(next, 64); // index 1
+        lo = 20_000 + Math.floor(Math.random() * 9_999);
+        attachSteeringBySource(next, lo, lo + 1, 1, 0);
+        try {
+          await connect(port, host, lo);
+          await connect(port, host, lo + 1);
+          break;
+        } catch (err) {
+          close(live);
+          close(next);
+          if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt === 5) throw err;
+        }
+      }
       for (let i = 0; i < 5; i++) await connect(port, host); // ephemeral ports, outside the range
       assert.deepEqual([acceptQueue(live).queued, acceptQueue(next).queued], [5, 2]);
       // An index past the group's end leaves those to the kernel's hash.
