@@ -141,7 +141,8 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmU
   if (status.phase !== from) throw new Error(`cannot go live from phase ${status.phase}`);
   if (!apps.every((a) => a.running)) throw new Error('an app process of this release is no longer running');
   const peers = countPeers(address, config.port, ownInode);
-  const warmUpPorts = warm && warm.count > 0 ? pickWarmUpPorts(warm, apps.length) : null;
+  // warmUpRequest() passes only a count above 0.
+  const warmUpPorts = warm ? pickWarmUpPorts(warm, apps.length) : null;
   listenFd(fd, 511);
   status.listener = 'listening';
   // Until the app processes accept on the socket (and are warmed up), new
