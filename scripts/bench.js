@@ -1474,7 +1474,8 @@ async function main() {
     targets.push({ target: 'saturated (wrk): deploy wall - boot under the same load <= 150 ms', value: `${fmt(overBoot, 0)} ms`, pass: walls.length > 0 && overBoot <= 150 });
   }
   out.push('');
-  out.push('targets:');
+  // The cadence is part of the result: p99 with deploys depends on it (README, "Benchmarks").
+  out.push(`targets (deploys ${opts.gapMs} ms apart, ${opts.rate} req/s):`);
   for (const t of targets) out.push(`  ${t.pass ? 'PASS' : 'FAIL'}  ${t.target}: ${t.value ?? '-'}`);
   const loadEnd = os.loadavg();
   if (meta.loadavgStart[0] > 1 || loadEnd[0] > 3) notes.push(`the machine was busy (load average ${meta.loadavgStart[0].toFixed(2)} at start, ${loadEnd[0].toFixed(2)} at end, ${meta.cpus} CPUs): latency and overhead numbers are noisy`);
