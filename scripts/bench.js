@@ -1117,7 +1117,7 @@ async function measureSaturated(tmp, appEntry) {
     }
     const dep = await loaded;
     for (const w of [rest, dep]) delete w.text;
-    return { threads: SATURATE.threads, conns: SATURATE.conns, rest, dep, deploys: deploys.map(({ ok, wallMs, phases, error }) => ({ ok, wallMs, phases, error })), bootsLoadedMs: bootsLoaded };
+    return { threads: SATURATE.threads, conns: SATURATE.conns, gapMs, rest, dep, deploys: deploys.map(({ ok, wallMs, phases, error }) => ({ ok, wallMs, phases, error })), bootsLoadedMs: bootsLoaded };
   } finally {
     await impl.stop();
   }
@@ -1475,7 +1475,7 @@ async function main() {
   }
   out.push('');
   // The cadence is part of the result: p99 with deploys depends on it (README, "Benchmarks").
-  out.push(`targets (deploys ${opts.gapMs} ms apart, ${opts.rate} req/s):`);
+  out.push(`targets (deploys ${opts.gapMs} ms apart, ${opts.rate} req/s${saturated && saturated.gapMs !== opts.gapMs ? `; the saturated rows' deploys ${saturated.gapMs} ms apart` : ''}):`);
   for (const t of targets) out.push(`  ${t.pass ? 'PASS' : 'FAIL'}  ${t.target}: ${t.value ?? '-'}`);
   const loadEnd = os.loadavg();
   if (meta.loadavgStart[0] > 1 || loadEnd[0] > 3) notes.push(`the machine was busy (load average ${meta.loadavgStart[0].toFixed(2)} at start, ${loadEnd[0].toFixed(2)} at end, ${meta.cpus} CPUs): latency and overhead numbers are noisy`);
