@@ -180,15 +180,24 @@ function install(config: RuntimeConfig): void {
 
   // Any other TCP port gets SO_REUSEPORT, so that old and new versions can
   // both hold it during the overlap. It is not health-gated.
-  function listenShared(server: net.Server, call: ListenCall, args: unknown[]): net.Server {
+  function listenShared(server: net.Server, call: ListenCall): net.Server {
     const host = call.host ?? '::';
-    if (net.isIP(host) === 0) return originalListen.apply(server, args as Parameters<typeof originalListen>);
+    if (net.isIP(host) === 0) {
+      // A host name ('localhost'): Node's own listen() looks it up and binds
+      // the first address (lookupAndListen, lib/net.js); so does this, or the
+      // new version's bind would fail with EADDRINUSE while the old holds it.
+      (require('node:dns') as typeof import('node:dns')).lookup(host, (err, address) => {
+        if (err) server.emit('error', err);
+        else listenShared(server, { ...call, host: address });
+      });
+      return server;
+    }
     let fd: number;
     try {
       fd = native().bindReusePort(host, call.port ?? 0);
     } catch (err) {
       if (call.host === undefined && (err as NodeJS.ErrnoException).code === 'EAFNOSUPPORT') {
-        return listenShared(server, { ...call, host: '0.0.0.0' }, args);
+        return listenShared(server, { ...call, host: '0.0.0.0' });
       }
       process.nextTick(() => server.emit('error', err));
       return server;
@@ -201,7 +210,7 @@ function install(config: RuntimeConfig): void {
   net.Server.prototype.listen = function listen(this: net.Server, ...args: unknown[]) {
     const call = parseListenArgs(args);
     if (call.port === config.port) return gate(this, call);
-    if (call.port !== null && call.port > 0) return listenShared(this, call, args);
+    if (call.port !== null && call.port > 0) return listenShared(this, call);
     return originalListen.apply(this, args as Parameters<typeof originalListen>);
   } as typeof net.Server.prototype.listen;
 
