@@ -2,13 +2,19 @@
 // openAll), on real TCP connections: the sender destroys its copies of a
 // whole message once acknowledged, so a receiver that cannot open every
 // descriptor must open none, close its copies and leave the connections,
-// untouched, to the sender.
+// untouched, to the sender. And the sender's rule that it takes only a
+// connection that is reading (handOffIdle), on a real http server.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import * as native from '../src/native';
 import { dupFd } from '../src/native';
-import { openAll } from '../src/runtime/handoff';
+import { handOffIdle, openAll, type HandOffResult } from '../src/runtime/handoff';
 
 let server: net.Server;
 const accepted: net.Socket[] = [];
@@ -81,5 +87,61 @@ describe('hand-over receiver: all of a message or none', () => {
     assert.equal(sockets?.length, 2);
     assert.deepEqual(logs, []);
     for (const s of sockets!) s.destroy();
+  });
+});
+
+describe('hand-over sender: only a connection that is reading', () => {
+  const REQUEST = 'GET / HTTP/1.1\r\nHost: t\r\n\r\n';
+  /** Where no process listens: every send fails, as to a new process that has gone. */
+  const nowhere = path.join(os.tmpdir(), `rd-handoff-nowhere-${process.pid}.sock`);
+  let web: http.Server;
+  const served: net.Socket[] = [];
+  const webClients: net.Socket[] = [];
+
+  before(async () => {
+    web = http.createServer((_req, res) => res.end('ok'));
+    web.on('connection', (s: net.Socket) => served.push(s));
+    await new Promise<void>((resolve) => web.listen(0, '127.0.0.1', resolve));
+  });
+  after(() => {
+    for (const s of [...served, ...webClients]) s.destroy();
+    web.close();
+  });
+
+  /** A keep-alive connection that has had one answer; its server side. */
+  async function answeredOnce(): Promise<{ client: net.Socket; socket: net.Socket; answers: string[] }> {
+    const client = net.connect((web.address() as net.AddressInfo).port, '127.0.0.1');
+    webClients.push(client);
+    const answers: string[] = [];
+    client.on('data', (d) => answers.push(String(d)));
+    client.write(REQUEST);
+    while (answers.length === 0) await sleep(5);
+    return { client, socket: served[served.length - 1]!, answers };
+  }
+
+  test('one the app paused is not sent, and stays paused: a request waits for the app to resume it', async () => {
+    const c = await answeredOnce();
+    c.socket.pause();
+    const settled: HandOffResult[] = [];
+    handOffIdle(native, web, [c.socket], () => nowhere, (r) => settled.push(r));
+    assert.deepEqual(settled, [], 'not tried');
+    c.client.write(REQUEST);
+    await sleep(200);
+    assert.equal(c.answers.length, 1, 'not read while paused');
+    c.socket.resume();
+    while (c.answers.length === 1) await sleep(5);
+    assert.match(c.answers[1]!, /^HTTP\/1\.1 200 /);
+  });
+
+  test('one that is reading is tried; the send fails, and it is served here again', async () => {
+    const c = await answeredOnce();
+    const settled: HandOffResult[] = [];
+    handOffIdle(native, web, [c.socket], () => nowhere, (r) => settled.push(r));
+    assert.equal(settled.length, 1);
+    assert.equal(settled[0]!.handed, 0);
+    assert.ok(settled[0]!.error, 'the failed send is reported');
+    c.client.write(REQUEST);
+    while (c.answers.length === 1) await sleep(5);
+    assert.match(c.answers[1]!, /^HTTP\/1\.1 200 /);
   });
 });

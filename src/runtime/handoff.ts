@@ -13,9 +13,11 @@
 // - no response is in progress (socket._httpMessage), nothing waits in the
 //   socket's write queue or its JS buffer, and the socket is not being
 //   ended (a `Connection: close` answer shuts it down after the write);
-// - reading stops (readStop) in the same tick as these checks, so nothing
-//   more is read here. Bytes the client sends from then on wait in the
-//   socket's kernel receive queue, which travels with the socket.
+// - it is reading, as Node started it (not paused, by the app or by the
+//   http server's pipelining back-pressure), and reading stops (readStop) in
+//   the same tick as these checks, so nothing more is read here. Bytes the
+//   client sends from then on wait in the socket's kernel receive queue,
+//   which travels with the socket.
 // The descriptors go to the new process over a unix socket (SCM_RIGHTS).
 // It takes them, all of a message or none, and, in the same tick, before it
 // can read from any of them, writes one byte back. Only then are ours
@@ -47,6 +49,8 @@ export interface ConnectionsList {
 
 interface HandleInternals {
   fd?: number;
+  /** net.js's own flag: set when it starts reading (tryReadStart), cleared by socket.pause(). */
+  reading?: boolean;
   readStop?: () => number;
   readStart?: () => number;
   writeQueueSize?: number;
@@ -91,7 +95,14 @@ function takeIdle(server: net.Server, candidates: Iterable<net.Socket>): net.Soc
       (socket as net.Socket & { _httpMessage?: unknown })._httpMessage ||
       socket.writableLength > 0 ||
       socket.readableLength > 0 ||
-      (handle?.writeQueueSize ?? 0) > 0;
+      (handle?.writeQueueSize ?? 0) > 0 ||
+      // Not reading (paused by the app, or by the http server while pipelined
+      // answers queue up, `_paused`, which pauses its parser too), or not yet
+      // (a resume queued for the next tick): readStop would not stop a read
+      // that starts later, and resuming after a failed send would read behind
+      // the back of whoever paused it.
+      handle?.reading !== true ||
+      (socket as net.Socket & { _paused?: boolean })._paused === true;
     if (busy || !handle || typeof handle.fd !== 'number' || handle.fd < 0 || !handle.readStop) continue;
     if (handle.readStop() !== 0) {
       handle.readStart?.();
