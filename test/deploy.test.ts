@@ -7,6 +7,7 @@ import { after, afterEach, beforeEach, describe, test } from 'node:test';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { keeperStop } from '../src/deploy/keeper-client';
+import { tcpListeners } from '../src/native';
 import { BOOT_NICE, BOOT_NICE_SLOW, BOOT_RAISE_MS, HELPERS_YOUNG_MS, SERVING_SLICE_NS } from '../src/protocol';
 import {
   cleanup,
@@ -110,6 +111,25 @@ describe('deploy and cutover', () => {
     };
     assert.ok(at('r1', 'phase closed') <= at('r3', 'phase live'), 'r3 joined the port after r1 closed its listener');
     assert.equal((await get(port, '/')).body.split(' ')[0], 'v3');
+  });
+
+  test("a replaced release leaves the port's reuseport group once its apps have closed their servers, not when they exit", async () => {
+    assert.equal((await deploy('app.js', '--env', 'APP_VERSION=v1', '--env', 'SLOW_MS=4000')).code, 0);
+    remember(stateDir, 'app');
+    let slowDone = false;
+    const slow = get(port, '/slow', { timeoutMs: 10_000 }).finally(() => (slowDone = true));
+    await sleep(300); // the request is in v1's app, which lives until it is answered
+    const second = await deploy('app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '300ms');
+    assert.equal(second.code, 0, second.stderr);
+    remember(stateDir, 'app');
+    // Each app process still holds the socket it was started with (fd 4):
+    // without unlisten, v1's socket stayed listening in the group, accepting
+    // nothing, until its app exited.
+    await waitUntil(() => tcpListeners(port)?.length === 1, 2_500, "v1's socket to leave the port");
+    assert.equal(slowDone, false, "v1's app still serves its slow request");
+    const answer = await slow;
+    assert.equal(answer.status, 200);
+    assert.equal(answer.body, 'v1 slow');
   });
 
   test('status and stop', async () => {

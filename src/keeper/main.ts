@@ -425,15 +425,23 @@ async function drain(timeoutMs: number, graceMs: number, parkMs = 0, handoff: st
     if (!emptied) log(`warning: accept queue still holds ${acceptQueue(fd).queued} connection(s); closing anyway`);
   }
   const park = parkMs > 0 && wasLive && fd >= 0;
-  // Without parking our fd goes first, and the apps' close of theirs is the
-  // one that removes the socket from the group (inet_csk_listen_stop runs on
-  // the last reference). Parking keeps our fd: the apps close theirs, then
-  // the socket leaves the group but stays bound (unlisten).
-  if (!park) closeListener();
   for (const app of apps) app.send({ rd: 'drain', timeoutMs, handoff });
-  await waitFor(() => apps.every((a) => !a.running || a.status.state === 'draining'), 5_000);
+  const serversClosed = await waitFor(() => apps.every((a) => !a.running || a.status.state === 'draining'), 5_000);
+  // The apps have closed their servers, but each still holds fd 4, the
+  // socket it was started with (kept for a parked process's go-live), and a
+  // child process an app started may hold it too (inherited). Closing our fd
+  // would leave the socket listening and in the group, with nobody
+  // accepting, until the last holder exits (inet_csk_listen_stop runs on the
+  // last reference): a later deploy would count it as a member, and once a
+  // member below it left, its steering index would point past the group's
+  // end and the kernel's hash would send connections here. unlisten
+  // (connect(AF_UNSPEC): tcp_disconnect) takes it out of the group now, for
+  // every holder; its queue was emptied above, and nothing is steered here.
+  // Not while an app still accepts on it: its next accept would fail with
+  // EINVAL, which Node raises as an 'error' on its server.
+  if (wasLive && fd >= 0 && (park || serversClosed)) unlisten(fd);
+  else if (wasLive && fd >= 0) log('warning: an app process did not close its server within 5 s; the socket leaves the port when the app processes exit');
   if (park) {
-    unlisten(fd);
     status.listener = 'bound';
     status.parkedUntil = Date.now() + parkMs;
     setPhase('parked');
@@ -445,6 +453,7 @@ async function drain(timeoutMs: number, graceMs: number, parkMs = 0, handoff: st
     }, parkMs);
     return;
   }
+  closeListener();
   status.listener = 'closed';
   setPhase('closed');
   await waitFor(() => apps.every((a) => !a.running || drained.has(a.slot)), timeoutMs + 2_000, 50);
