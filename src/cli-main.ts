@@ -10,7 +10,7 @@ import { parseDuration, parseEnv, parseHealthPath, parseInstances, parseKeep, pa
 import { defaultStateDir } from './deploy/paths';
 import { createProgress, type Progress } from './deploy/progress';
 import { resolveEntry } from './deploy/app';
-import { loadConfig } from './deploy/config';
+import { blameConfig, loadConfig } from './deploy/config';
 import { formatReleases, formatStatus } from './deploy/format';
 import { PACKAGE_JSON } from './package-files';
 
@@ -125,7 +125,7 @@ cli
   .example('reuse-deploy ./server.js --port 3000 -- --config prod.json   # args after -- go to the app')
   .action(async (entry: string | undefined, args: string[], flags: GlobalFlags & Record<string, unknown>) => {
     const sources = [entry !== undefined, Boolean(flags.previous), flags.release !== undefined].filter(Boolean).length;
-    if (sources === 0) {
+    if (sources === 0 && process.argv.length <= 2) {
       cli.outputHelp();
       process.exit(EXIT.usage);
     }
@@ -133,6 +133,9 @@ cli
       flags,
       async (progress) => {
         if (sources > 1) throw usageError('Give one of: an entry file, --previous, or --release <id>.');
+        if (sources === 0) {
+          throw usageError('Nothing to deploy: give an entry file (reuse-deploy ./dist/server.js --port 8080), --previous to roll back, or --release <id>. Run reuse-deploy --help for more.');
+        }
         if (entry !== undefined && !/[./]/.test(entry) && !fs.existsSync(entry)) {
           throw usageError(
             `Unknown command "${entry}". Commands: status, stop, start, logs, releases, doctor; or pass an entry file such as ./server.js. Run reuse-deploy --help.`,
@@ -143,43 +146,54 @@ cli
             throw usageError(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} was given more than once (${value.join(', ')}); give it once.`);
           }
         }
+        let configFile: string | null = null;
+        const fromConfig: string[] = [];
         if (entry !== undefined) {
           // Defaults from the app's config file; flags given on the command line win.
           const config = loadConfig(resolveEntry(entry, flags.root === undefined ? undefined : String(flags.root)).root);
           // (cac reports --no-handoff's default, true, when it was not given.)
-          for (const [key, value] of Object.entries(config.flags)) if (flags[key] === undefined || (key === 'handoff' && flags.handoff === true)) flags[key] = value;
+          for (const [key, value] of Object.entries(config.flags)) {
+            if (flags[key] !== undefined && !(key === 'handoff' && flags.handoff === true)) continue;
+            flags[key] = value;
+            fromConfig.push(key);
+          }
+          configFile = config.file;
           if (config.file) progress.info(`using settings from ${config.file}`);
         }
         const list = (v: unknown): string[] | undefined => (v === undefined ? undefined : ([] as unknown[]).concat(v).map(String));
         const appArgs = [...args, ...((flags['--'] as string[] | undefined) ?? [])].map(String);
-        return deployCommand(
-          {
-            source:
-              entry !== undefined
-                ? { kind: 'entry', entry, root: flags.root === undefined ? undefined : String(flags.root) }
-                : flags.previous
-                  ? { kind: 'previous' }
-                  : { kind: 'release', id: String(flags.release) },
-            name: entry !== undefined ? (flags.name === undefined ? undefined : String(flags.name)) : nameOf(flags),
-            host: flags.host === undefined ? undefined : await resolveHost(flags.host),
-            port: flags.port === undefined && entry === undefined ? undefined : parsePort(flags.port),
-            instances: flags.instances === undefined ? undefined : parseInstances(flags.instances, cpuCount()),
-            health: flags.health === undefined ? undefined : parseHealthPath(flags.health),
-            env: flags.env === undefined ? undefined : parseEnv(flags.env),
-            args: appArgs.length > 0 || entry !== undefined ? appArgs : undefined,
-            nodeArgs: list(flags.nodeArg),
-            healthTimeoutMs: parseDuration('health-timeout', flags.healthTimeout, 30_000),
-            drainTimeoutMs: parseDuration('drain-timeout', flags.drainTimeout, 30_000),
-            handshakeGraceMs: parseDuration('handshake-grace', flags.handshakeGrace, 1_000),
-            handoff: flags.handoff !== false,
-            warmUpRequests: parseWarmUp(flags.warmUp),
-            parkMs: parseDuration('park', flags.park, 0),
-            keep: parseKeep(flags.keep),
-            stateDir: stateDirOf(flags),
-            wait: Boolean(flags.wait),
-          },
-          progress,
-        );
+        try {
+          return await deployCommand(
+            {
+              source:
+                entry !== undefined
+                  ? { kind: 'entry', entry, root: flags.root === undefined ? undefined : String(flags.root) }
+                  : flags.previous
+                    ? { kind: 'previous' }
+                    : { kind: 'release', id: String(flags.release) },
+              name: entry !== undefined ? (flags.name === undefined ? undefined : String(flags.name)) : nameOf(flags),
+              host: flags.host === undefined ? undefined : await resolveHost(flags.host),
+              port: flags.port === undefined && entry === undefined ? undefined : parsePort(flags.port),
+              instances: flags.instances === undefined ? undefined : parseInstances(flags.instances, cpuCount()),
+              health: flags.health === undefined ? undefined : parseHealthPath(flags.health),
+              env: flags.env === undefined ? undefined : parseEnv(flags.env),
+              args: appArgs.length > 0 || entry !== undefined ? appArgs : undefined,
+              nodeArgs: list(flags.nodeArg),
+              healthTimeoutMs: parseDuration('health-timeout', flags.healthTimeout, 30_000, false),
+              drainTimeoutMs: parseDuration('drain-timeout', flags.drainTimeout, 30_000, false),
+              handshakeGraceMs: parseDuration('handshake-grace', flags.handshakeGrace, 1_000),
+              handoff: flags.handoff !== false,
+              warmUpRequests: parseWarmUp(flags.warmUp),
+              parkMs: parseDuration('park', flags.park, 0),
+              keep: parseKeep(flags.keep),
+              stateDir: stateDirOf(flags),
+              wait: Boolean(flags.wait),
+            },
+            progress,
+          );
+        } catch (err) {
+          throw blameConfig(err, configFile, fromConfig);
+        }
       },
       deploySummary,
     );
@@ -202,7 +216,7 @@ cli
           {
             source: { kind: 'current' },
             name: nameOf(flags),
-            healthTimeoutMs: parseDuration('health-timeout', flags.healthTimeout, 30_000),
+            healthTimeoutMs: parseDuration('health-timeout', flags.healthTimeout, 30_000, false),
             drainTimeoutMs: 30_000,
             handshakeGraceMs: 1_000,
             handoff: true,
@@ -270,7 +284,7 @@ cli
   .action(async (flags: GlobalFlags) => {
     await run(
       flags,
-      (progress) => stopCommand(stateDirOf(flags), nameOf(flags), parseDuration('drain-timeout', flags.drainTimeout, 30_000), Boolean(flags.wait), progress),
+      (progress) => stopCommand(stateDirOf(flags), nameOf(flags), parseDuration('drain-timeout', flags.drainTimeout, 30_000, false), Boolean(flags.wait), progress),
       (r) => `stopped ${r.app}: ${r.stopped.length} instance(s) drained${r.forced.length ? `, ${r.forced.length} killed after the timeout` : ''}`,
     );
   });
@@ -309,14 +323,40 @@ cli.help((sections) => [
 ]);
 cli.version(pkg.version);
 
-/** cac reads `--node-arg --inspect` as two options of ours: a value that starts with '-' needs the '=' form. */
-function nodeArgHint(argv: string[]): string {
+/**
+ * cac reads a value that starts with '-' as an option: `--node-arg --inspect`
+ * needs the '=' form, and `--warm-up -1` comes out as "Unknown option `-1`".
+ */
+function unknownOptionHint(argv: string[]): string {
   const i = argv.findIndex((a, k) => a === '--node-arg' && argv[k + 1]?.startsWith('-'));
-  return i < 0 ? '' : `. To pass ${argv[i + 1]} to node, write --node-arg=${argv[i + 1]} (with "=").`;
+  if (i >= 0) return `. To pass ${argv[i + 1]} to node, write --node-arg=${argv[i + 1]} (with "=").`;
+  const k = argv.findIndex((a, n) => n > 0 && /^-\d/.test(a) && argv[n - 1]!.startsWith('-'));
+  return k < 0 ? '' : `: ${argv[k - 1]} ${argv[k]} has a negative value, which no option takes. Give ${argv[k - 1]} a value of 0 or more.`;
+}
+
+/**
+ * mri (cac's parser) turns a value that looks like a number into one:
+ * `--name 007` would deploy app "7", `--root 2024` a directory "2024" only
+ * by luck, and `--port 0x50` would be port 80. Every such value is read
+ * again as typed; the flags' own parsers then judge the text.
+ */
+function keepTyped(options: Record<string, unknown>, argv: string[]): void {
+  const end = argv.indexOf('--') < 0 ? argv.length : argv.indexOf('--');
+  for (const [key, value] of Object.entries(options)) {
+    if (typeof value !== 'number') continue;
+    const flag = `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+    const typed: string[] = [];
+    for (let i = 2; i < end; i++) {
+      if (argv[i] === flag && i + 1 < end) typed.push(argv[i + 1]!);
+      else if (argv[i]!.startsWith(`${flag}=`)) typed.push(argv[i]!.slice(flag.length + 1));
+    }
+    if (typed.length === 1) options[key] = typed[0];
+  }
 }
 
 try {
   cli.parse(process.argv, { run: false });
+  keepTyped(cli.options, process.argv);
   if (cli.matchedCommand === undefined && !cli.options.help && !cli.options.version) {
     const unknown = cli.args[0];
     throw usageError(`Unknown command ${JSON.stringify(unknown)}. Run reuse-deploy --help.`);
@@ -324,6 +364,6 @@ try {
   void Promise.resolve(cli.runMatchedCommand()).catch((err: unknown) => fail(cli.options as GlobalFlags, err));
 } catch (err) {
   const message = (err as Error).message;
-  const e = err instanceof DeployError ? err : usageError(message.startsWith('Unknown option') ? message + nodeArgHint(process.argv) : message);
+  const e = err instanceof DeployError ? err : usageError(message.startsWith('Unknown option') ? message + unknownOptionHint(process.argv) : message);
   fail(cli.options as GlobalFlags, e);
 }

@@ -176,6 +176,59 @@ describe('errors with v1 serving: the code, the exit code, and v1 untouched', ()
     await v1.untouched();
   });
 
+  test('RD_ERR_USAGE: durations of 0 where that means nothing, plain numbers of 1000 and more, and beyond what a timer holds', async () => {
+    await expectBoth(v1.args('app.js', '--drain-timeout', '0'), 'RD_ERR_USAGE', { message: /--drain-timeout 0 leaves no time at all/ });
+    await expectError(v1.args('app.js', '--health-timeout', '0ms'), 'RD_ERR_USAGE', { message: /--health-timeout 0ms leaves no time at all/ });
+    await expectError(v1.args('app.js', '--drain-timeout', '30000'), 'RD_ERR_USAGE', { message: /would be 30000 seconds \(8\.3 h\)\. Give a unit .*30000ms or 30000s/ });
+    await expectError(v1.args('app.js', '--park', '600h'), 'RD_ERR_USAGE', { message: /--park 600h is too long: durations go up to 596h/ });
+    await expectError(v1.args('app.js', '--warm-up', '-1'), 'RD_ERR_USAGE', { message: /--warm-up -1 has a negative value.*Give --warm-up a value of 0 or more/ });
+    await v1.untouched();
+  });
+
+  test('RD_ERR_USAGE: values are taken as typed (--port 0x50, --name 007), and --env cannot set PORT or REUSE_DEPLOY_*', async () => {
+    await expectBoth(v1.args('app.js', '--port', '0x50'), 'RD_ERR_USAGE', { message: /--port "0x50" is not a TCP port/ });
+    await expectError(['status', '--name', '007', '--state-dir', v1.stateDir], 'RD_ERR_NO_STATE', { message: /No app named "007"/ });
+    await expectBoth(v1.args('app.js', '--env', 'PORT=1'), 'RD_ERR_USAGE', { message: /the app gets PORT from --port/ });
+    await expectError(v1.args('app.js', '--env', 'REUSE_DEPLOY_APP=x'), 'RD_ERR_USAGE', { message: /REUSE_DEPLOY_\* are set by reuse-deploy/ });
+    await v1.untouched();
+  });
+
+  test('RD_ERR_USAGE: a --root that is not there, does not hold the entry, or is /; and nothing to deploy', async () => {
+    await expectBoth(v1.args('app.js', '--root', path.join(ROOT, 'no-such-dir')), 'RD_ERR_USAGE', { message: /--root .*no-such-dir is not there/ });
+    await expectError(v1.args('app.js', '--root', path.join(ROOT, 'src')), 'RD_ERR_USAGE', { message: /does not hold the entry/ });
+    await expectError(v1.args('app.js', '--root', '/'), 'RD_ERR_USAGE', { message: /is the filesystem's root/ });
+    await expectBoth(['--port', String(v1.port), '--name', 'app', '--state-dir', v1.stateDir], 'RD_ERR_USAGE', { message: /Nothing to deploy: give an entry file/ });
+    await v1.untouched();
+  });
+
+  test('RD_ERR_USAGE: a bad value from the config file names the file and its key', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rd-config-'));
+    try {
+      fs.copyFileSync(fixture('app.js'), path.join(dir, 'server.js'));
+      fs.writeFileSync(path.join(dir, 'reuse-deploy.config.json'), JSON.stringify({ park: true }));
+      const args = [path.join(dir, 'server.js'), '--port', String(v1.port), '--host', '127.0.0.1', '--name', 'app', '--state-dir', v1.stateDir];
+      await expectBoth(args, 'RD_ERR_USAGE', { message: /--park "true" is not a duration\..* That value comes from .*reuse-deploy\.config\.json, key "park": fix it there\./ });
+      // The same value given as a flag is the flag's: no word of the file.
+      const flag = await expectError([...args, '--park', 'soon'], 'RD_ERR_USAGE', { message: /--park "soon" is not a duration/ });
+      assert.doesNotMatch(flag.r.stderr, /comes from/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+    await v1.untouched();
+  });
+
+  test('RD_ERR_STATE_DIR: a state file with a field missing is reported, not a crash', async () => {
+    const dir = tempStateDir();
+    try {
+      fs.mkdirSync(path.join(dir, 'z'), { mode: 0o700 });
+      fs.writeFileSync(path.join(dir, 'z', 'state.json'), JSON.stringify({ version: 1, name: 'z' }), { mode: 0o600 });
+      await expectBoth(['status', '--name', 'z', '--state-dir', dir], 'RD_ERR_STATE_DIR', { message: /state\.json is not a reuse-deploy state file \("host" is missing or not a string\)\. Move it away/ });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+    await v1.untouched();
+  });
+
   test('RD_ERR_USAGE: unknown option', async () => {
     await expectBoth(['status', '--name', 'app', '--state-dir', v1.stateDir, '--bogus'], 'RD_ERR_USAGE', { message: /Unknown option `--bogus`/ });
     await v1.untouched();

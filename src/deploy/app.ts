@@ -2,7 +2,7 @@
 // with its state repaired first.
 import fs from 'node:fs';
 import path from 'node:path';
-import { DeployError } from '../errors';
+import { DeployError, usageError } from '../errors';
 import { acquireLock } from './lock';
 import { appPaths, ensureAppDirs, type AppPaths } from './paths';
 import type { Progress } from './progress';
@@ -37,13 +37,33 @@ export function resolveEntry(entryArg: string, rootArg?: string): ResolvedEntry 
       } catch {
         // unreadable package.json: no name from it
       }
-      return { entry, root: rootArg ? path.resolve(rootArg) : dir, packageName: name };
+      return { entry, root: rootArg ? checkedRoot(rootArg, entry) : dir, packageName: name };
     }
     const parent = path.dirname(dir);
     if (parent === dir) break;
     dir = parent;
   }
-  return { entry, root: rootArg ? path.resolve(rootArg) : path.dirname(entry), packageName: null };
+  return { entry, root: rootArg ? checkedRoot(rootArg, entry) : path.dirname(entry), packageName: null };
+}
+
+/** --root: an existing directory that holds the entry (the release is a snapshot of it, and runs the entry's copy in it). */
+function checkedRoot(rootArg: string, entry: string): string {
+  const root = path.resolve(rootArg);
+  let st: fs.Stats | null = null;
+  try {
+    st = fs.statSync(root);
+  } catch {
+    // reported below
+  }
+  if (!st?.isDirectory()) {
+    throw usageError(`--root ${rootArg} is ${st ? 'not a directory' : 'not there'} (looked at ${root}). Pass the app's directory, the one that holds the entry and its package.json, or leave --root out.`);
+  }
+  if (path.dirname(root) === root) throw usageError(`--root ${rootArg} is the filesystem's root; a release would copy all of it. Pass the app's directory.`);
+  const inside = path.relative(root, entry);
+  if (inside.startsWith('..') || path.isAbsolute(inside)) {
+    throw usageError(`--root ${rootArg} does not hold the entry ${entry}: a release copies the root and runs the entry's copy in it. Pass the directory that holds both, or leave --root out.`);
+  }
+  return root;
 }
 
 const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$/;

@@ -3,7 +3,7 @@
 // them; an unknown key is an error (a typo must not silently do nothing).
 import fs from 'node:fs';
 import path from 'node:path';
-import { usageError } from '../errors';
+import { DeployError, usageError } from '../errors';
 
 /** Config key -> the flag it stands for (cac's camelCase name). */
 const KEYS = {
@@ -27,6 +27,23 @@ export interface LoadedConfig {
   file: string | null;
   /** Values keyed by flag name, in the shapes the flag parsers accept. */
   flags: Record<string, unknown>;
+}
+
+/**
+ * A flag parser's complaint about a value that came from the config file
+ * (`--park "true" is not a duration`) names the file and its key, so that
+ * nobody goes looking for a flag they never typed. Other errors pass as
+ * they are. `used`: the flags (cac's names) whose value the file gave.
+ */
+export function blameConfig(err: unknown, file: string | null, used: Iterable<string>): unknown {
+  if (!file || !(err instanceof DeployError) || err.code !== 'RD_ERR_USAGE') return err;
+  for (const flag of used) {
+    const key = Object.entries(KEYS).find(([, f]) => f === flag)?.[0] ?? flag;
+    if (err.message.startsWith(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} `)) {
+      return usageError(`${err.message} That value comes from ${file}, key "${key}": fix it there.`);
+    }
+  }
+  return err;
 }
 
 function read(file: string): unknown {

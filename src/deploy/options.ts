@@ -3,19 +3,39 @@ import dns from 'node:dns/promises';
 import net from 'node:net';
 import { usageError } from '../errors';
 
-/** "30s", "500ms", "2m", "1h", or a plain number of seconds. */
-export function parseDuration(flag: string, value: unknown, fallbackMs: number): number {
+/** Node's timers hold at most 2^31 - 1 ms; a longer one fires after 1 ms (lib/internal/timers.js). */
+export const MAX_DURATION_MS = 2 ** 31 - 1;
+
+/**
+ * "30s", "500ms", "2m", "1h", or a plain number of seconds (below 1000: a
+ * plain 30000 is more likely meant as milliseconds, so it needs a unit).
+ * `allowZero`: whether 0 means something (no grace, no parking) rather
+ * than a mistake (a health check or a drain with no time at all).
+ */
+export function parseDuration(flag: string, value: unknown, fallbackMs: number, allowZero = true): number {
   if (value === undefined || value === null || value === '') return fallbackMs;
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(String(value).trim());
+  const text = String(value).trim();
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text);
   if (!m) throw usageError(`--${flag} ${JSON.stringify(String(value))} is not a duration. Use e.g. 30s, 500ms, 2m, or a number of seconds.`);
   const n = Number(m[1]);
-  const unit = m[2] ?? 's';
-  return Math.round(n * { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 }[unit]!);
+  if (m[2] === undefined && n >= 1000) {
+    throw usageError(`--${flag} ${text} would be ${text} seconds (${(n / 3600).toFixed(1)} h). Give a unit to say which you mean: ${text}ms or ${text}s.`);
+  }
+  const ms = Math.round(n * { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 }[m[2] ?? 's']!);
+  if (ms === 0 && !allowZero) throw usageError(`--${flag} ${text} leaves no time at all. Give it a duration above 0, e.g. 30s (the default).`);
+  if (ms > MAX_DURATION_MS) throw usageError(`--${flag} ${text} is too long: durations go up to 596h (24 days, the longest timer Node has).`);
+  return ms;
+}
+
+/** Decimal digits only (Number() would also take 0x50, 1e3 and " "), else NaN. */
+function wholeNumber(value: unknown): number {
+  const text = String(value).trim();
+  return /^\d+$/.test(text) ? Number(text) : NaN;
 }
 
 export function parsePort(value: unknown): number {
   if (value === undefined || value === true) throw usageError('--port is required: the TCP port the app serves on, e.g. --port 8080.');
-  const n = Number(value);
+  const n = wholeNumber(value);
   if (!Number.isInteger(n) || n < 1 || n > 65535) throw usageError(`--port ${JSON.stringify(String(value))} is not a TCP port. Use a whole number from 1 to 65535.`);
   return n;
 }
@@ -23,7 +43,7 @@ export function parsePort(value: unknown): number {
 export function parseInstances(value: unknown, cpus: number): number {
   if (value === undefined) return 1;
   if (value === 'max') return cpus;
-  const n = Number(value);
+  const n = wholeNumber(value);
   if (!Number.isInteger(n) || n < 1 || n > 256) throw usageError(`--instances ${JSON.stringify(String(value))} is not valid. Use a whole number from 1 to 256, or "max" for one per CPU.`);
   return n;
 }
@@ -39,6 +59,8 @@ export function parseEnv(value: unknown): Record<string, string> {
     const eq = text.indexOf('=');
     const key = eq > 0 ? text.slice(0, eq) : '';
     if (!ENV_NAME.test(key)) throw usageError(`--env ${JSON.stringify(text)} is not KEY=VALUE with a valid variable name (letters, digits, _; not starting with a digit).`);
+    if (key === 'PORT') throw usageError(`--env ${JSON.stringify(text)}: the app gets PORT from --port (the port it must listen on). Change --port instead.`);
+    if (key.startsWith('REUSE_DEPLOY_')) throw usageError(`--env ${JSON.stringify(text)}: variables named REUSE_DEPLOY_* are set by reuse-deploy for the app. Use another name.`);
     env[key] = text.slice(eq + 1);
   }
   return env;
@@ -79,14 +101,14 @@ export const DEFAULT_WARM_UP = 0;
 
 export function parseWarmUp(value: unknown): number {
   if (value === undefined) return DEFAULT_WARM_UP;
-  const n = Number(value);
+  const n = wholeNumber(value);
   if (!Number.isInteger(n) || n < 0 || n > 10_000) throw usageError(`--warm-up ${JSON.stringify(String(value))} is not valid. Use a whole number of requests from 0 (none) to 10000.`);
   return n;
 }
 
 export function parseKeep(value: unknown): number {
   if (value === undefined) return 5;
-  const n = Number(value);
+  const n = wholeNumber(value);
   if (!Number.isInteger(n) || n < 1) throw usageError(`--keep ${JSON.stringify(String(value))} is not valid. Use a whole number of releases, at least 1.`);
   return n;
 }

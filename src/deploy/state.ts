@@ -69,7 +69,9 @@ export function readState(file: string): AppState | null {
   }
   try {
     const state = JSON.parse(text) as AppState;
-    if (state.version !== 1) throw new Error(`unknown state version ${String(state.version)}`);
+    if (state?.version !== 1) throw new Error(`unknown state version ${String(state?.version)}`);
+    const broken = shapeError(state);
+    if (broken) throw new Error(broken);
     return state;
   } catch (err) {
     throw new DeployError(
@@ -78,6 +80,22 @@ export function readState(file: string): AppState | null {
       { cause: err },
     );
   }
+}
+
+/** What is missing or of the wrong type in a parsed state file (a hand edit, a truncated copy), else null. */
+function shapeError(state: AppState): string | null {
+  const is = (v: unknown, type: string): boolean => (type === 'array' ? Array.isArray(v) : typeof v === type);
+  const fields = (what: string, o: unknown, spec: Record<string, string>): string | null => {
+    if (!o || typeof o !== 'object') return `${what || 'it'} is not an object`;
+    for (const [key, type] of Object.entries(spec)) if (!is((o as Record<string, unknown>)[key], type)) return `"${what}${what ? '.' : ''}${key}" is missing or not a${type === 'array' ? 'n' : ''} ${type}`;
+    return null;
+  };
+  return (
+    fields('', state, { name: 'string', host: 'string', port: 'number', nextRelease: 'number', releases: 'array', instances: 'array', liveHistory: 'array' }) ??
+    state.releases.map((r, i) => fields(`releases[${i}]`, r, { id: 'string', entry: 'string', root: 'string' })).find(Boolean) ??
+    state.instances.map((r, i) => fields(`instances[${i}]`, r, { id: 'string', release: 'string', keeperPid: 'number', controlSocket: 'string', role: 'string' })).find(Boolean) ??
+    (state.liveHistory.every((id) => typeof id === 'string') ? null : 'liveHistory holds something other than release ids')
+  );
 }
 
 export function writeState(file: string, state: AppState): void {
