@@ -69,12 +69,20 @@ export function keeperWait(socketPath: string, phases: string[], timeoutMs: numb
 }
 
 /** Go-live, with the warm-up first if `warmUp` asks for one (best effort, at most 5 s: the timeout allows for it). */
+/**
+ * Longer than go-live's own budget (src/keeper/main.ts, goLive: up to 10 s
+ * for the app processes to accept, then up to 5 s of warm-up): a keeper
+ * still going live must answer, not be taken for a failed one and stopped
+ * after it had joined the port.
+ */
+const GO_LIVE_ANSWER_MS = 25_000;
+
 export function keeperLive(socketPath: string, knownPids: number[], warmUp: WarmUpRequest | null = null): Promise<KeeperStatus> {
-  return call(socketPath, 'POST', '/live', { knownPids, warmUp }, 15_000);
+  return call(socketPath, 'POST', '/live', { knownPids, warmUp }, GO_LIVE_ANSWER_MS);
 }
 
 export function keeperUnpark(socketPath: string, knownPids: number[]): Promise<KeeperStatus> {
-  return call(socketPath, 'POST', '/unpark', { knownPids }, 15_000);
+  return call(socketPath, 'POST', '/unpark', { knownPids }, GO_LIVE_ANSWER_MS);
 }
 
 /**
