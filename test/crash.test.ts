@@ -202,6 +202,21 @@ describe('kill -9 of a deploy, then the next command repairs', () => {
     await assert.rejects(get(port, '/'), /ECONNREFUSED/);
   });
 
+  test('a keeper killed with kill -9: its app process serves on, and the next command names it and how to stop it', async () => {
+    const v1 = await deployV1();
+    const [app] = v1.pids.filter((pid) => pid !== v1.keeper);
+    process.kill(v1.keeper, 'SIGKILL');
+    await waitUntil(() => !isAlive(v1.keeper), 5_000, 'the keeper to die');
+    assert.ok(isAlive(app!), 'the app process outlives its keeper');
+    assert.match((await get(port, '/')).body, /^v1 /, 'and still answers');
+
+    const status = await runCli(['status', '--name', 'app', '--state-dir', stateDir]);
+    assertRepaired(
+      status,
+      new RegExp(`repaired: instance \\w+ \\(r1, live\\) lost its keeper \\(pid ${v1.keeper}\\), but its app process\\(es\\) ${app} still run without it, still taking connections on the port\\. .*kill ${app}`),
+    );
+  });
+
   test('after go-live, before it was recorded: status records r2 as live and drains r1', async () => {
     await deployV1();
     const { d, r2 } = await deployFrozenAtGoLive();

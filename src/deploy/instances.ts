@@ -110,6 +110,28 @@ export function isAlive(pid: number): boolean {
   }
 }
 
+/**
+ * Live processes of the process group `pgid`: a keeper leads its own group
+ * (it is started in a session of its own), and its app processes stay in
+ * it after it dies. The kernel gives no new process a pid that is still a
+ * group's id, so the group of a dead keeper holds only its orphans.
+ */
+export function groupMembers(pgid: number): number[] {
+  const pids: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      // After "pid (comm) ": state, ppid, pgrp (proc(5)); comm may hold spaces and parentheses.
+      const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(pgrp) === pgid && state !== 'Z') pids.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return pids.sort((a, b) => a - b);
+}
+
 /** Is `pid` still one of our keepers (and not a recycled pid)? */
 export function isKeeper(pid: number): boolean {
   try {

@@ -3,7 +3,7 @@
 // mid-way: an instance still "starting" has lost its CLI.
 import type { KeeperStatus } from '../protocol';
 import { keeperDrain, tryKeeperStatus } from './keeper-client';
-import { isAlive, isKeeper, killKeeperGroup, stopInstance } from './instances';
+import { groupMembers, isAlive, isKeeper, killKeeperGroup, stopInstance } from './instances';
 import { writeState, type AppState, type Instance } from './state';
 
 export interface Repair {
@@ -21,9 +21,20 @@ export async function repairState(stateFile: string, state: AppState, drainTimeo
   for (const instance of state.instances) {
     const status = await tryKeeperStatus(instance.controlSocket, 1_500, stats);
     if (!status) {
-      if (isAlive(instance.keeperPid) && isKeeper(instance.keeperPid)) {
+      const keeperAlive = isAlive(instance.keeperPid) && isKeeper(instance.keeperPid);
+      const orphans = keeperAlive ? [] : groupMembers(instance.keeperPid);
+      if (keeperAlive) {
         killKeeperGroup(instance.keeperPid);
         notes.push(`instance ${instance.id} (${instance.release}) did not answer; killed it`);
+      } else if (orphans.length > 0) {
+        // Its keeper was killed (kill -9, the OOM killer); its app processes
+        // serve on, with nothing to drain or restart them. Stopping them here
+        // would reset what waits in their queue and take the port down if
+        // nothing else serves it: the user decides, told how.
+        notes.push(
+          `instance ${instance.id} (${instance.release}, ${instance.role}) lost its keeper (pid ${instance.keeperPid}), but its app process(es) ${orphans.join(', ')} still run without it` +
+            `${instance.role === 'draining' ? '' : ', still taking connections on the port'}. Nothing supervises or drains them now: once another release is live, stop them with: kill ${orphans.join(' ')}`,
+        );
       } else if (instance.role !== 'draining') {
         notes.push(`instance ${instance.id} (${instance.release}, ${instance.role}) is gone; removed it from the state`);
       }
