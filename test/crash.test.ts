@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { tryKeeperStatus } from '../src/deploy/keeper-client';
 import { listenersOn } from '../src/sys/proc-net';
-import { CLI, cleanup, fixture, freePort, get, isAlive, processGroup, processesUnder, readAppState, remember, runCli, tempStateDir, waitUntil, type CliResult } from './helpers';
+import { CLI, cleanup, fixture, freePort, get, isAlive, processGroup, processesUnder, readAppState, remember, requestLoop, runCli, tempStateDir, waitUntil, type CliResult } from './helpers';
 
 interface InstanceShape {
   id: string;
@@ -215,6 +215,28 @@ describe('kill -9 of a deploy, then the next command repairs', () => {
       status,
       new RegExp(`repaired: instance \\w+ \\(r1, live\\) lost its keeper \\(pid ${v1.keeper}\\), but its app process\\(es\\) ${app} still run without it, still taking connections on the port\\. .*kill ${app}`),
     );
+  });
+
+  test('while r2 is going live: the repairing command waits for the go-live, then drains r2; r1 serves on', async () => {
+    await deployV1();
+    const loop = requestLoop(port);
+    await waitUntil(() => loop.answers.length > 10, 10_000, 'v1 answers');
+    // The app blocks its loop for 3 s after its health answer, so r2's go-live waits for it that long.
+    const d = startDeploy(deployArgs('e-slow.js', '--env', 'APP_VERSION=v2', '--env', 'BUSY_AFTER_HEALTH_MS=3000', '--health', '/healthz'));
+    await d.until(/is healthy; joining port/);
+    await d.kill9();
+    const r2 = instances().find((i) => i.release === 'r2')!;
+    assert.equal((await tryKeeperStatus(r2.controlSocket))?.phase, 'gated', 'r2 is still going live');
+
+    const status = await runCli(['status', '--name', 'app', '--state-dir', stateDir]);
+    assertRepaired(status, new RegExp(`repaired: stopped instance ${r2.id} \\(r2\\), left half-started`));
+    assert.match(status.stdout, /live release: r1/);
+    await waitUntil(() => !isAlive(r2.keeperPid), 15_000, 'r2 to exit');
+    const log = fs.readFileSync(`${stateDir}/app/logs/r2.log`, 'utf8');
+    assert.ok(log.indexOf('phase draining') > log.indexOf('phase live') && log.indexOf('phase live') > 0, `r2 went live, then drained, not closed under its go-live:\n${log}`);
+    await loop.stop();
+    assert.deepEqual(loop.errors, []);
+    assert.match((await get(port, '/')).body, /^v1 /);
   });
 
   test('after go-live, before it was recorded: status records r2 as live and drains r1', async () => {

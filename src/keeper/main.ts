@@ -16,7 +16,7 @@ import { acceptQueue, attachSteeringBySource, closeFd, detachSteering, dup2Fd, e
 import { BOOT_NICE, BOOT_NICE_SLOW, BOOT_RAISE_MS, HELPERS_YOUNG_MS, SERVING_SLICE_NS, type KeeperConfig, type KeeperPhase, type KeeperStatus, type WarmUpRequest } from '../protocol';
 import { AppProcess } from './apps';
 import { bindDeploySocket, isBindFailure } from './bind';
-import { countPeers, detachWhenAlone, HASH_INDEX, holdForPeer, steerToSelf } from './steering';
+import { countPeers, detachWhenAlone, giveBackToPeers, HASH_INDEX, holdForPeer, steerToSelf } from './steering';
 import { pickWarmUpPorts, warmUpThroughPort } from './warm-up';
 import { watchLogSize } from './logs';
 import { CRASH_LOOP, nextRestartDelay } from './supervise';
@@ -611,14 +611,25 @@ async function main(): Promise<void> {
       status.apps = apps.map((a) => ({ ...a.status }));
       return status;
     },
-    live: (body) => goLive(Array.isArray(body.knownPids) ? body.knownPids.map(Number) : [], 'gated', warmUpRequest(body.warmUp)),
-    unpark: (body) => goLive(Array.isArray(body.knownPids) ? body.knownPids.map(Number) : [], 'parked'),
+    live: (body) => goingLive(goLive(Array.isArray(body.knownPids) ? body.knownPids.map(Number) : [], 'gated', warmUpRequest(body.warmUp))),
+    unpark: (body) => goingLive(goLive(Array.isArray(body.knownPids) ? body.knownPids.map(Number) : [], 'parked')),
     drain: (body) =>
       startDrain(Number(body.timeoutMs ?? 30_000), Number(body.graceMs ?? 0), Number(body.parkMs ?? 0), Array.isArray(body.handoff) ? body.handoff.map(String) : []),
     // The CLI stops a release that never took traffic. One that went live
     // all the same (its go-live answer was lost, say) may hold connections
-    // in its accept queue, which a plain close would reset: it drains.
-    stop: () => (status.phase === 'live' ? startDrain(30_000, 1_000, 0) : stopNow()),
+    // in its accept queue, which a plain close would reset: it drains, and
+    // first gives new connections back to the release before it, which
+    // still serves (nobody told it to drain).
+    stop: () =>
+      void afterGoLive().then(() => {
+        if (status.phase !== 'live') return stopNow();
+        if (status.steering && fd >= 0) {
+          const how = giveBackToPeers(fd, address, config.port, status.steering);
+          log(how === 'peer' ? 'stopped after go-live: new connections go back to the release before this one' : 'warning: stopped after go-live with several older listeners on the port; steering removed, so the kernel spreads new connections over all of them, this one too, until it leaves');
+          status.steering = null;
+        }
+        startDrain(30_000, 1_000, 0);
+      }),
   });
   watchLogSize(c.logFile);
   setTimeout(() => {
@@ -645,13 +656,37 @@ function startDrain(timeoutMs: number, graceMs: number, parkMs: number, handoff:
   });
 }
 
+/**
+ * A go-live in progress, if any. A stop (or a signal) that comes meanwhile,
+ * from a command that repairs after the deploying one was killed, waits for
+ * it: stopping halfway would close the socket under a go-live that goes on
+ * (steering through a closed fd, apps restarted on it) after it joined the
+ * port. Once it is over, a live release drains and any other stops.
+ */
+let inGoLive: Promise<unknown> | null = null;
+function goingLive<T>(p: Promise<T>): Promise<T> {
+  const tracked = p.finally(() => {
+    if (inGoLive === tracked) inGoLive = null;
+  });
+  inGoLive = tracked;
+  return tracked;
+}
+function afterGoLive(): Promise<void> {
+  return (inGoLive ?? Promise.resolve()).then(
+    () => undefined,
+    () => undefined,
+  );
+}
+
 /** SIGTERM/SIGINT (systemd, a person): a live release drains; one that serves nothing just stops. */
 function onSignal(): void {
-  if (status.phase === 'live') {
-    startDrain(30_000, 0, 0);
-  } else if (status.phase !== 'draining' && status.phase !== 'closed') {
-    stopNow();
-  }
+  void afterGoLive().then(() => {
+    if (status.phase === 'live') {
+      startDrain(30_000, 0, 0);
+    } else if (status.phase !== 'draining' && status.phase !== 'closed') {
+      stopNow();
+    }
+  });
 }
 
 /** Stops at once, without a drain: for a release that takes no traffic (or when asked to). */

@@ -53,6 +53,25 @@ export function holdForPeer(fd: number): void {
 }
 
 /**
+ * Undoes steerToSelf for a release stopped right after its go-live, while
+ * the release before it still serves (the deploy failed before it told
+ * that one to drain): new connections go back to the members that were
+ * there before us, so that none waits in our queue when we leave the group
+ * (that would reset it, without net.ipv4.tcp_migrate_req). With one peer
+ * it is index 0 and we are index 1: `ret 0`. With more, the program is
+ * removed and the kernel's hash picks among all members, ours included:
+ * 'hash' tells the caller to warn.
+ */
+export function giveBackToPeers(fd: number, address: string, port: number, steering: Steering): 'peer' | 'hash' {
+  if (steering.index === 1 && groupMembers(address, port).length === 2) {
+    holdForPeer(fd);
+    return 'peer';
+  }
+  detachSteering(fd);
+  return 'hash';
+}
+
+/**
  * Polls the group until our socket is its only member, then detaches the
  * program and calls `done`. Stops without detaching if the group grows (a
  * newer release now owns the program) or when `stillOpen` turns false.
