@@ -9,7 +9,7 @@ import { cpuCount, deployCommand, releasesCommand, statusCommand, stopCommand, t
 import { parseDuration, parseEnv, parseHealthPath, parseInstances, parseKeep, parsePort, parseWarmUp, resolveHost } from './deploy/options';
 import { defaultStateDir } from './deploy/paths';
 import { createProgress, type Progress } from './deploy/progress';
-import { resolveEntry } from './deploy/app';
+import { checkedAppName, resolveEntry } from './deploy/app';
 import { blameConfig, loadConfig } from './deploy/config';
 import { formatReleases, formatStatus } from './deploy/format';
 import { PACKAGE_JSON } from './package-files';
@@ -31,7 +31,7 @@ function stateDirOf(flags: GlobalFlags): string {
 
 /** --name, else the only app in the state dir, else the package.json name in the current directory. */
 function nameOf(flags: GlobalFlags): string {
-  if (flags.name) return String(flags.name);
+  if (flags.name) return checkedAppName(String(flags.name));
   const dir = stateDirOf(flags);
   let apps: string[] = [];
   try {
@@ -364,6 +364,11 @@ try {
   void Promise.resolve(cli.runMatchedCommand()).catch((err: unknown) => fail(cli.options as GlobalFlags, err));
 } catch (err) {
   const message = (err as Error).message;
-  const e = err instanceof DeployError ? err : usageError(message.startsWith('Unknown option') ? message + unknownOptionHint(process.argv) : message);
+  const hint = message.startsWith('Unknown option')
+    ? unknownOptionHint(process.argv)
+    : message.startsWith('Unused args') && cli.matchedCommand?.name
+      ? `. ${cli.matchedCommand.name} takes no arguments; to name the app, write --name ${String(cli.args[0])}`
+      : '';
+  const e = err instanceof DeployError ? err : usageError(message + hint);
   fail(cli.options as GlobalFlags, e);
 }

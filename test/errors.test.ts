@@ -188,6 +188,8 @@ describe('errors with v1 serving: the code, the exit code, and v1 untouched', ()
   test('RD_ERR_USAGE: values are taken as typed (--port 0x50, --name 007), and --env cannot set PORT or REUSE_DEPLOY_*', async () => {
     await expectBoth(v1.args('app.js', '--port', '0x50'), 'RD_ERR_USAGE', { message: /--port "0x50" is not a TCP port/ });
     await expectError(['status', '--name', '007', '--state-dir', v1.stateDir], 'RD_ERR_NO_STATE', { message: /No app named "007"/ });
+    await expectError(['status', '--name', '../app', '--state-dir', v1.stateDir], 'RD_ERR_USAGE', { message: /--name "\.\.\/app" is not a valid app name/ });
+    await expectError(['status', 'app', '--state-dir', v1.stateDir], 'RD_ERR_USAGE', { message: /status takes no arguments; to name the app, write --name app/ });
     await expectBoth(v1.args('app.js', '--env', 'PORT=1'), 'RD_ERR_USAGE', { message: /the app gets PORT from --port/ });
     await expectError(v1.args('app.js', '--env', 'REUSE_DEPLOY_APP=x'), 'RD_ERR_USAGE', { message: /REUSE_DEPLOY_\* are set by reuse-deploy/ });
     await v1.untouched();

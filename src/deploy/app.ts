@@ -68,14 +68,17 @@ function checkedRoot(rootArg: string, entry: string): string {
 
 const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$/;
 
+/** --name as given, if it is a valid app name (it becomes a directory of the state dir: no '/', no '..'). */
+export function checkedAppName(explicit: string): string {
+  if (!NAME_RE.test(explicit)) {
+    throw new DeployError('RD_ERR_USAGE', `--name ${JSON.stringify(explicit)} is not a valid app name: use letters, digits, '.', '_' and '-' (at most 64, starting with a letter or digit).`);
+  }
+  return explicit;
+}
+
 /** A file-system-safe app name: --name, else the package name, else the app directory's name. */
 export function appName(explicit: string | undefined, resolved: ResolvedEntry): string {
-  if (explicit !== undefined) {
-    if (!NAME_RE.test(explicit)) {
-      throw new DeployError('RD_ERR_USAGE', `--name ${JSON.stringify(explicit)} is not a valid app name: use letters, digits, '.', '_' and '-' (at most 64, starting with a letter or digit).`);
-    }
-    return explicit;
-  }
+  if (explicit !== undefined) return checkedAppName(explicit);
   const raw = resolved.packageName ?? path.basename(resolved.root);
   const name = raw.replace(/^@/, '').replace(/[^a-zA-Z0-9._-]+/g, '-').replace(/^[._-]+/, '').slice(0, 64);
   return name || 'app';
