@@ -68,7 +68,6 @@ export function keeperWait(socketPath: string, phases: string[], timeoutMs: numb
   return call(socketPath, 'GET', `/wait?phases=${phases.join(',')}&timeoutMs=${timeoutMs}`, undefined, timeoutMs + 2_000);
 }
 
-/** Go-live, with the warm-up first if `warmUp` asks for one (best effort, at most 5 s: the timeout allows for it). */
 /**
  * Longer than go-live's own budget (src/keeper/main.ts, goLive: up to 10 s
  * for the app processes to accept, then up to 5 s of warm-up): a keeper
@@ -77,6 +76,7 @@ export function keeperWait(socketPath: string, phases: string[], timeoutMs: numb
  */
 const GO_LIVE_ANSWER_MS = 25_000;
 
+/** Go-live, with the warm-up first if `warmUp` asks for one (best effort, at most 5 s: the timeout allows for it). */
 export function keeperLive(socketPath: string, knownPids: number[], warmUp: WarmUpRequest | null = null): Promise<KeeperStatus> {
   return call(socketPath, 'POST', '/live', { knownPids, warmUp }, GO_LIVE_ANSWER_MS);
 }

@@ -4,7 +4,7 @@ import net from 'node:net';
 import { usageError } from '../errors';
 
 /** Node's timers hold at most 2^31 - 1 ms; a longer one fires after 1 ms (lib/internal/timers.js). */
-export const MAX_DURATION_MS = 2 ** 31 - 1;
+const MAX_DURATION_MS = 2 ** 31 - 1;
 
 /**
  * "30s", "500ms", "2m", "1h", or a plain number of seconds (below 1000: a
