@@ -8,6 +8,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach } from 'node:test';
 import { Agent, request } from 'undici';
+import { groupMembers } from '../src/deploy/instances';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const CLI = path.join(ROOT, 'dist', 'src', 'cli.js');
@@ -169,21 +170,8 @@ export function sliceOf(pid: number, tid = pid): number {
   return Number(m[1]);
 }
 
-/** Pids of every process in the keeper's process group (keeper and apps). */
-export function processGroup(pgid: number): number[] {
-  const pids: number[] = [];
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(fields[2]) === pgid && fields[0] !== 'Z') pids.push(Number(entry));
-    } catch {
-      // gone
-    }
-  }
-  return pids;
-}
+/** Pids of every process in the keeper's process group (keeper and apps), as the repair finds a dead keeper's orphans. */
+export const processGroup = groupMembers;
 
 const keeperGroups = new Set<number>();
 
