@@ -13,8 +13,8 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as native from '../src/native';
-import { dupFd } from '../src/native';
 import { handOffIdle, openAll, type HandOffResult } from '../src/runtime/handoff';
+import { waitUntil } from './helpers';
 
 let server: net.Server;
 const accepted: net.Socket[] = [];
@@ -37,7 +37,7 @@ async function connection(): Promise<{ client: net.Socket; served: net.Socket; f
   await new Promise<void>((resolve) => client.once('connect', () => resolve()));
   while (accepted.length === n) await new Promise((resolve) => setImmediate(resolve));
   const served = accepted[accepted.length - 1]!;
-  const fd = dupFd((served as net.Socket & { _handle: { fd: number } })._handle.fd);
+  const fd = native.dupFd((served as net.Socket & { _handle: { fd: number } })._handle.fd);
   return { client, served, fd };
 }
 
@@ -115,7 +115,7 @@ describe('hand-over sender: only a connection that is reading', () => {
     const answers: string[] = [];
     client.on('data', (d) => answers.push(String(d)));
     client.write(REQUEST);
-    while (answers.length === 0) await sleep(5);
+    await waitUntil(() => answers.length > 0, 5_000, 'the first answer');
     return { client, socket: served[served.length - 1]!, answers };
   }
 
@@ -129,7 +129,7 @@ describe('hand-over sender: only a connection that is reading', () => {
     await sleep(200);
     assert.equal(c.answers.length, 1, 'not read while paused');
     c.socket.resume();
-    while (c.answers.length === 1) await sleep(5);
+    await waitUntil(() => c.answers.length > 1, 5_000, 'the answer once resumed');
     assert.match(c.answers[1]!, /^HTTP\/1\.1 200 /);
   });
 
@@ -141,7 +141,7 @@ describe('hand-over sender: only a connection that is reading', () => {
     assert.equal(settled[0]!.handed, 0);
     assert.ok(settled[0]!.error, 'the failed send is reported');
     c.client.write(REQUEST);
-    while (c.answers.length === 1) await sleep(5);
+    await waitUntil(() => c.answers.length > 1, 5_000, 'the answer from this process');
     assert.match(c.answers[1]!, /^HTTP\/1\.1 200 /);
   });
 });
