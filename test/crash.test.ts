@@ -224,6 +224,9 @@ describe('kill -9 of a deploy, then the next command repairs', () => {
     // The app blocks its loop for 3 s after its health answer, so r2's go-live waits for it that long.
     const d = startDeploy(deployArgs('e-slow.js', '--env', 'APP_VERSION=v2', '--env', 'BUSY_AFTER_HEALTH_MS=3000', '--health', '/healthz'));
     await d.until(/is healthy; joining port/);
+    // The go-live has begun once r2's socket joined the port (the line above
+    // comes just before the CLI's call); it lasts while the app is busy.
+    await waitUntil(() => listenersOn(port).length === 2, 5_000, "r2's socket to join the port");
     await d.kill9();
     const r2 = instances().find((i) => i.release === 'r2')!;
     assert.equal((await tryKeeperStatus(r2.controlSocket))?.phase, 'gated', 'r2 is still going live');
