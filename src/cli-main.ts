@@ -6,7 +6,7 @@ import path from 'node:path';
 import { cac } from 'cac';
 import { DeployError, EXIT, toDeployError, usageError } from './errors';
 import { cpuCount, deployCommand, releasesCommand, statusCommand, stopCommand, type DeployOutcome, type StatusOutcome } from './deploy/commands';
-import { parseDuration, parseEnv, parseHealthPath, parseInstances, parseKeep, parsePort, parseWarmUp, resolveHost } from './deploy/options';
+import { flagOf, parseDuration, parseEnv, parseHealthPath, parseInstances, parseKeep, parsePort, parseWarmUp, resolveHost } from './deploy/options';
 import { defaultStateDir } from './deploy/paths';
 import { createProgress, type Progress } from './deploy/progress';
 import { checkedAppName, resolveEntry } from './deploy/app';
@@ -143,7 +143,7 @@ cli
         }
         for (const [flag, value] of Object.entries(flags)) {
           if (Array.isArray(value) && !['env', 'nodeArg', '--'].includes(flag)) {
-            throw usageError(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} was given more than once (${value.join(', ')}); give it once.`);
+            throw usageError(`${flagOf(flag)} was given more than once (${value.join(', ')}); give it once.`);
           }
         }
         let configFile: string | null = null;
@@ -344,7 +344,7 @@ function keepTyped(options: Record<string, unknown>, argv: string[]): void {
   const end = argv.indexOf('--') < 0 ? argv.length : argv.indexOf('--');
   for (const [key, value] of Object.entries(options)) {
     if (typeof value !== 'number') continue;
-    const flag = `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+    const flag = flagOf(key);
     const typed: string[] = [];
     for (let i = 2; i < end; i++) {
       if (argv[i] === flag && i + 1 < end) typed.push(argv[i + 1]!);

@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { DeployError, usageError } from '../errors';
+import { flagOf } from './options';
 
 /** Config key -> the flag it stands for (cac's camelCase name). */
 const KEYS = {
@@ -39,7 +40,7 @@ export function blameConfig(err: unknown, file: string | null, used: Iterable<st
   if (!file || !(err instanceof DeployError) || err.code !== 'RD_ERR_USAGE') return err;
   for (const flag of used) {
     const key = Object.entries(KEYS).find(([, f]) => f === flag)?.[0] ?? flag;
-    if (err.message.startsWith(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} `)) {
+    if (err.message.startsWith(`${flagOf(flag)} `)) {
       return usageError(`${err.message} That value comes from ${file}, key "${key}": fix it there.`);
     }
   }

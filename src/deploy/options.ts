@@ -3,6 +3,11 @@ import dns from 'node:dns/promises';
 import net from 'node:net';
 import { usageError } from '../errors';
 
+/** The flag as typed, from cac's camelCase key: healthTimeout -> --health-timeout. */
+export function flagOf(key: string): string {
+  return `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+}
+
 /** Node's timers hold at most 2^31 - 1 ms; a longer one fires after 1 ms (lib/internal/timers.js). */
 const MAX_DURATION_MS = 2 ** 31 - 1;
 
