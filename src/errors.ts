@@ -37,6 +37,7 @@ export const CATALOGUE = {
   RD_ERR_PORT_OTHER_USER: { exit: EXIT.failed, summary: 'The port is held by a socket of another user.' },
   RD_ERR_PORT_PRIVILEGED: { exit: EXIT.failed, summary: 'The port is privileged and this user may not bind it.' },
   RD_ERR_ADDRESS: { exit: EXIT.failed, summary: 'The host address cannot be bound on this machine.' },
+  RD_ERR_CLUSTER: { exit: EXIT.failed, summary: 'The app serves the deploy port from node:cluster workers; run the server in the process itself and use --instances.' },
   RD_ERR_GO_LIVE: { exit: EXIT.failed, summary: 'The new version passed health but could not start accepting.' },
   RD_ERR_CANCELLED: { exit: EXIT.failed, summary: 'SIGINT, SIGTERM or SIGHUP came before the new version went live; it was stopped.' },
   RD_ERR_KEEPER: { exit: EXIT.failed, summary: 'The instance supervisor did not start or stopped answering.' },

@@ -42,6 +42,8 @@ export type AppMessage =
   | { rd: 'live' }
   | { rd: 'listen-error'; message: string; code?: string }
   | { rd: 'other-port'; port: number }
+  /** The deploy port was asked for by node:cluster on behalf of workers (preload.ts, refuseCluster). */
+  | { rd: 'cluster'; policy: 'round-robin' | 'none' }
   | { rd: 'listener-closed' }
   | { rd: 'drained'; forced: number; handedOver: number }
   | { rd: 'stats'; connections: number; inflight: number };

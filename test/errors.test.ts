@@ -297,6 +297,15 @@ describe('errors with v1 serving: the code, the exit code, and v1 untouched', ()
     await v1.untouched();
   });
 
+  test('RD_ERR_CLUSTER: workers of node:cluster serve the port (round robin, and SCHED_NONE)', async () => {
+    for (const sched of ['rr', 'none']) {
+      await expectError(v1.args('e-cluster.js', '--env', `CLUSTER_SCHED=${sched}`), 'RD_ERR_CLUSTER', {
+        message: sched === 'rr' ? /accepts and passes connections to the processes it forks \(cluster\.fork\(\)\).*--instances <n>/ : /hands the listening socket to the processes it forks/,
+      });
+      await v1.untouched();
+    }
+  });
+
   test('RD_ERR_HEALTH_STATUS: shows the status and the first bytes of the body', async () => {
     const args = v1.args('app.js', '--env', 'APP_VERSION=v2', '--env', 'HEALTH_STATUS=503', '--health', '/healthz', '--health-timeout', '3s');
     await expectError(args, 'RD_ERR_HEALTH_STATUS', { message: /GET \/healthz \(2xx needed\) answered 503: "database unreachable"/ });

@@ -105,6 +105,24 @@ function onAppExit(app: AppProcess, code: number | null, signal: NodeJS.Signals 
   }, delay);
 }
 
+/**
+ * An app process asked for the deploy port through node:cluster, for its
+ * workers (preload.ts): its connections would be served by processes the
+ * runtime does not run in, which nothing could health-check one by one,
+ * drain or hand over. Before go-live that fails the deploy; a process
+ * restarted while live that does it (cluster.fork() only later) is logged,
+ * and its workers never get the port.
+ */
+function refuseCluster(policy: 'round-robin' | 'none'): void {
+  const how = policy === 'none' ? 'hands the listening socket to' : 'accepts and passes connections to';
+  const message =
+    `The app serves port ${config.port} from node:cluster workers: its first process ${how} the processes it forks (cluster.fork()). ` +
+    'reuse-deploy runs and replaces the app processes itself, and cannot health-check, drain or hand over what cluster workers serve. ' +
+    'Start the server in the process itself, without cluster.fork(), and pass --instances <n> for n processes.';
+  if (status.phase === 'booting' || status.phase === 'gated') fail('RD_ERR_CLUSTER', message);
+  else log(`warning: ${message}`);
+}
+
 /** Fired on every phase change and every message or exit of an app process: what waitFor re-checks on. */
 const changes = new EventEmitter().setMaxListeners(0);
 
@@ -507,6 +525,7 @@ function startApps(c: KeeperConfig): void {
         if (m.handedOver > 0) log(`app ${app.slot} handed ${m.handedOver} idle keep-alive connection(s) to the new version`);
       }
       else if (m.rd === 'listen-error') log(`app ${app.slot} could not listen: ${m.message}`);
+      else if (m.rd === 'cluster') refuseCluster(m.policy);
       changes.emit('change');
     });
     app.start(false);

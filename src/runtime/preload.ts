@@ -11,6 +11,7 @@
 import type { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import type tls from 'node:tls';
 import { APP_LISTEN_FD, ENV, type AppMessage, type KeeperMessage } from '../protocol';
 import { countInflight, drainServer, openSockets, stopClosingConnections, track, trackLazily, type HandOff, type Tracked } from './drain';
@@ -76,6 +77,15 @@ function ownThreads(): number[] {
   } catch {
     return []; // no /proc: the keeper then leaves every thread at the same priority
   }
+}
+
+/** Whether node:cluster's own code is the caller (a frame in lib/internal/cluster/, a few frames up). */
+function calledByCluster(): boolean {
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 6; // the app may have set it to 0
+  const stack = new Error().stack ?? '';
+  Error.stackTraceLimit = limit;
+  return stack.includes('node:internal/cluster/');
 }
 
 function send(message: AppMessage): void {
@@ -207,8 +217,33 @@ function install(config: RuntimeConfig): void {
     return originalListen.call(server, options, call.callback);
   }
 
+  // node:cluster listens for its workers in this process, through this
+  // listen() with the default round-robin policy (RoundRobinHandle, lib/
+  // internal/cluster/round_robin_handle.js: a server whose 'connection'
+  // handler is assert.fail, so a health probe handed to it would crash the
+  // app), or through net._createServerHandle with SCHED_NONE
+  // (shared_handle.js), which a worker then accepts on itself. Either way
+  // the port's connections would be served by processes this runtime does
+  // not run in: the keeper fails the deploy with a message that says what to
+  // do instead, and the port is not opened.
+  function refuseCluster(policy: 'round-robin' | 'none'): void {
+    send({ rd: 'cluster', policy });
+  }
+  const createServerHandle = (net as unknown as { _createServerHandle?: (address: unknown, port: unknown, ...rest: unknown[]) => unknown })._createServerHandle;
+  if (typeof createServerHandle === 'function') {
+    (net as unknown as { _createServerHandle: typeof createServerHandle })._createServerHandle = function (address, port, ...rest) {
+      if (port !== config.port || !calledByCluster()) return createServerHandle.call(this, address, port, ...rest);
+      refuseCluster('none');
+      return -(os.constants.errno.EADDRINUSE ?? 98); // a libuv error code: the worker's listen() fails
+    };
+  }
+
   net.Server.prototype.listen = function listen(this: net.Server, ...args: unknown[]) {
     const call = parseListenArgs(args);
+    if (call.port === config.port && calledByCluster()) {
+      refuseCluster('round-robin');
+      return this;
+    }
     if (call.port === config.port) return gate(this, call);
     if (call.port !== null && call.port > 0) return listenShared(this, call);
     return originalListen.apply(this, args as Parameters<typeof originalListen>);
