@@ -290,6 +290,13 @@ describe('errors with v1 serving: the code, the exit code, and v1 untouched', ()
     await v1.untouched();
   });
 
+  test('RD_ERR_BOOT_CRASH: a second server on the deploy port gets an EADDRINUSE that says to listen once', async () => {
+    await expectError(v1.args('app.js', '--env', `ADMIN_PORTS=${v1.port}@::1`), 'RD_ERR_BOOT_CRASH', {
+      message: new RegExp(`EADDRINUSE: port ${v1.port} is already used by another server in this process\\. .*listen on the port once`),
+    });
+    await v1.untouched();
+  });
+
   test('RD_ERR_NEVER_LISTENED', async () => {
     await expectBoth(v1.args('never-listens.js', '--health-timeout', '1500ms'), 'RD_ERR_NEVER_LISTENED', {
       message: new RegExp(`did not listen on port ${v1.port} in time.*process\\.env\\.PORT`),

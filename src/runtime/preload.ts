@@ -79,13 +79,23 @@ function ownThreads(): number[] {
   }
 }
 
-/** Whether node:cluster's own code is the caller (a frame in lib/internal/cluster/, a few frames up). */
+/**
+ * Whether node:cluster's own code is the caller (a frame in
+ * lib/internal/cluster/, a few frames up). Read from V8's call sites, with
+ * the app's own stack settings set aside (it may have set the limit to 0,
+ * or installed a prepareStackTrace, as source-map-support does).
+ */
 function calledByCluster(): boolean {
-  const limit = Error.stackTraceLimit;
-  Error.stackTraceLimit = 6; // the app may have set it to 0
-  const stack = new Error().stack ?? '';
-  Error.stackTraceLimit = limit;
-  return stack.includes('node:internal/cluster/');
+  const { stackTraceLimit, prepareStackTrace } = Error;
+  Error.stackTraceLimit = 6;
+  Error.prepareStackTrace = (_err, sites) => sites;
+  try {
+    const sites = new Error().stack as unknown as NodeJS.CallSite[];
+    return sites.some((site) => site.getFileName()?.startsWith('node:internal/cluster/') === true);
+  } finally {
+    Error.stackTraceLimit = stackTraceLimit;
+    Error.prepareStackTrace = prepareStackTrace;
+  }
 }
 
 function send(message: AppMessage): void {
@@ -170,9 +180,16 @@ function install(config: RuntimeConfig): void {
 
   function gate(server: net.Server, call: ListenCall): net.Server {
     if (gated) {
-      const err = Object.assign(new Error(`listen EADDRINUSE: port ${config.port} is already used by another server in this process`), {
-        code: 'EADDRINUSE',
-      });
+      // Two servers on the port (say, one on 127.0.0.1 and one on ::1): the
+      // keeper's one socket, bound to --host, is the port, and it goes to the first.
+      const err = Object.assign(
+        new Error(
+          `listen EADDRINUSE: port ${config.port} is already used by another server in this process. ` +
+            'reuse-deploy gives the deploy port to one server, on one socket bound to the address given with --host ' +
+            '(by default ::, every IPv4 and IPv6 address): listen on the port once.',
+        ),
+        { code: 'EADDRINUSE' },
+      );
       process.nextTick(() => server.emit('error', err));
       return server;
     }
