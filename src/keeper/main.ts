@@ -114,13 +114,15 @@ function onAppExit(app: AppProcess, code: number | null, signal: NodeJS.Signals 
  * and its workers never get the port.
  */
 function refuseCluster(policy: 'round-robin' | 'none'): void {
-  const how = policy === 'none' ? 'hands the listening socket to' : 'accepts and passes connections to';
+  const how = policy === 'none' ? 'would hand the listening socket to' : 'would accept and pass connections to';
   const message =
     `The app serves port ${config.port} from node:cluster workers: its first process ${how} the processes it forks (cluster.fork()). ` +
     'reuse-deploy runs and replaces the app processes itself, and cannot health-check, drain or hand over what cluster workers serve. ' +
     'Start the server in the process itself, without cluster.fork(), and pass --instances <n> for n processes.';
+  // One message per worker (SharedHandle asks again for each): after the
+  // first, the phase is 'failed'.
   if (status.phase === 'booting' || status.phase === 'gated') fail('RD_ERR_CLUSTER', message);
-  else log(`warning: ${message}`);
+  else if (status.phase === 'live') log(`warning: ${message}`);
 }
 
 /** Fired on every phase change and every message or exit of an app process: what waitFor re-checks on. */

@@ -80,18 +80,23 @@ function ownThreads(): number[] {
 }
 
 /**
- * Whether node:cluster's own code is the caller (a frame in
- * lib/internal/cluster/, a few frames up). Read from V8's call sites, with
- * the app's own stack settings set aside (it may have set the limit to 0,
- * or installed a prepareStackTrace, as source-map-support does).
+ * Whether node:cluster's `file` (round_robin_handle or shared_handle, in
+ * lib/internal/cluster/) is the caller: the first frame of Node's own code
+ * (`node:`), past this file and any listen() wrapper (an APM agent's).
+ * Only that frame: a primary that listens itself from a cluster event
+ * handler (on 'online', say) has node:events first, and cluster frames
+ * further up. Read from V8's call sites, with the app's own stack settings
+ * set aside (it may have set the limit to 0, or installed a
+ * prepareStackTrace, as source-map-support does).
  */
-function calledByCluster(): boolean {
+function calledByCluster(file: 'round_robin_handle' | 'shared_handle'): boolean {
   const { stackTraceLimit, prepareStackTrace } = Error;
-  Error.stackTraceLimit = 6;
-  Error.prepareStackTrace = (_err, sites) => sites;
   try {
+    Error.stackTraceLimit = 10;
+    Error.prepareStackTrace = (_err, sites) => sites;
     const sites = new Error().stack as unknown as NodeJS.CallSite[];
-    return sites.some((site) => site.getFileName()?.startsWith('node:internal/cluster/') === true);
+    const caller = sites.find((site) => site.getFileName()?.startsWith('node:') === true);
+    return caller?.getFileName() === `node:internal/cluster/${file}`;
   } finally {
     Error.stackTraceLimit = stackTraceLimit;
     Error.prepareStackTrace = prepareStackTrace;
@@ -186,7 +191,7 @@ function install(config: RuntimeConfig): void {
         new Error(
           `listen EADDRINUSE: port ${config.port} is already used by another server in this process. ` +
             'reuse-deploy gives the deploy port to one server, on one socket bound to the address given with --host ' +
-            '(by default ::, every IPv4 and IPv6 address): listen on the port once.',
+            '(by default ::, every IPv6 and, on most hosts, IPv4 address): listen on the port once.',
         ),
         { code: 'EADDRINUSE' },
       );
@@ -244,12 +249,16 @@ function install(config: RuntimeConfig): void {
   // not run in: the keeper fails the deploy with a message that says what to
   // do instead, and the port is not opened.
   function refuseCluster(policy: 'round-robin' | 'none'): void {
+    // Stay up until the keeper stops this process: with the workers gone
+    // (their listen failed), the process could exit first, and the deploy
+    // would fail as a crash at boot instead.
+    channel?.ref?.();
     send({ rd: 'cluster', policy });
   }
   const createServerHandle = (net as unknown as { _createServerHandle?: (address: unknown, port: unknown, ...rest: unknown[]) => unknown })._createServerHandle;
   if (typeof createServerHandle === 'function') {
     (net as unknown as { _createServerHandle: typeof createServerHandle })._createServerHandle = function (address, port, ...rest) {
-      if (port !== config.port || !calledByCluster()) return createServerHandle.call(this, address, port, ...rest);
+      if (port !== config.port || !calledByCluster('shared_handle')) return createServerHandle.call(this, address, port, ...rest);
       refuseCluster('none');
       return -(os.constants.errno.EADDRINUSE ?? 98); // a libuv error code: the worker's listen() fails
     };
@@ -257,7 +266,7 @@ function install(config: RuntimeConfig): void {
 
   net.Server.prototype.listen = function listen(this: net.Server, ...args: unknown[]) {
     const call = parseListenArgs(args);
-    if (call.port === config.port && calledByCluster()) {
+    if (call.port === config.port && calledByCluster('round_robin_handle')) {
       refuseCluster('round-robin');
       return this;
     }
