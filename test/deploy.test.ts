@@ -480,4 +480,18 @@ describe('app shapes', () => {
     remember(stateDir, 'app');
     assert.equal((await get(port, '/')).body, 'v2 esm');
   });
+
+  test('an app whose first process forks node:cluster workers but serves the port itself deploys (only workers serving it are refused)', async () => {
+    const r1 = await deploy('e-cluster.js', '--env', 'CLUSTER_SCHED=primary', '--env', 'APP_VERSION=v1');
+    assert.equal(r1.code, 0, r1.stderr);
+    remember(stateDir, 'app');
+    const worker1 = Number(/^primary v1 (\d+)$/.exec((await get(port, '/')).body)?.[1]);
+    assert.ok(worker1 > 0);
+    const r2 = await deploy('e-cluster.js', '--env', 'CLUSTER_SCHED=primary', '--env', 'APP_VERSION=v2');
+    assert.equal(r2.code, 0, r2.stderr);
+    remember(stateDir, 'app');
+    assert.match((await get(port, '/')).body, /^primary v2 \d+$/);
+    // v1's worker ends with its first process (cluster workers exit when the IPC channel closes).
+    await waitUntil(() => !isAlive(worker1), 10_000, `v1's worker ${worker1} exits`);
+  });
 });
