@@ -255,9 +255,10 @@ function install(config: RuntimeConfig): void {
     channel?.ref?.();
     send({ rd: 'cluster', policy });
   }
-  const createServerHandle = (net as unknown as { _createServerHandle?: (address: unknown, port: unknown, ...rest: unknown[]) => unknown })._createServerHandle;
+  const netInternals = net as unknown as { _createServerHandle?: (address: unknown, port: unknown, ...rest: unknown[]) => unknown };
+  const createServerHandle = netInternals._createServerHandle;
   if (typeof createServerHandle === 'function') {
-    (net as unknown as { _createServerHandle: typeof createServerHandle })._createServerHandle = function (address, port, ...rest) {
+    netInternals._createServerHandle = function (address, port, ...rest) {
       if (port !== config.port || !calledByCluster('shared_handle')) return createServerHandle.call(this, address, port, ...rest);
       refuseCluster('none');
       return -(os.constants.errno.EADDRINUSE ?? 98); // a libuv error code: the worker's listen() fails
