@@ -482,16 +482,36 @@ describe('app shapes', () => {
   });
 
   test('an app whose first process forks node:cluster workers but serves the port itself deploys (only workers serving it are refused)', async () => {
-    const r1 = await deploy('e-cluster.js', '--env', 'CLUSTER_SCHED=primary', '--env', 'APP_VERSION=v1');
+    const r1 = await deploy('e-cluster.js', '--env', 'PRIMARY_SERVES=1', '--env', 'APP_VERSION=v1');
     assert.equal(r1.code, 0, r1.stderr);
     remember(stateDir, 'app');
     const worker1 = Number(/^primary v1 (\d+)$/.exec((await get(port, '/')).body)?.[1]);
     assert.ok(worker1 > 0);
-    const r2 = await deploy('e-cluster.js', '--env', 'CLUSTER_SCHED=primary', '--env', 'APP_VERSION=v2');
+    const r2 = await deploy('e-cluster.js', '--env', 'PRIMARY_SERVES=1', '--env', 'APP_VERSION=v2');
     assert.equal(r2.code, 0, r2.stderr);
     remember(stateDir, 'app');
     assert.match((await get(port, '/')).body, /^primary v2 \d+$/);
     // v1's worker ends with its first process (cluster workers exit when the IPC channel closes).
     await waitUntil(() => !isAlive(worker1), 10_000, `v1's worker ${worker1} exits`);
+  });
+
+  test('cluster workers that serve another port share it between old and new, with either scheduling policy', async () => {
+    for (const sched of ['rr', 'none']) {
+      const side = await freePort();
+      const env = ['--env', 'PRIMARY_SERVES=1', '--env', `CLUSTER_SCHED=${sched}`, '--env', `SIDE_PORT=${side}`];
+      for (const version of ['v1', 'v2']) {
+        const r = await deploy('e-cluster.js', ...env, '--env', `APP_VERSION=${version}`);
+        assert.equal(r.code, 0, r.stderr);
+        remember(stateDir, 'app');
+        // The worker starts after the deploy: the side port is not health-gated.
+        // Until v1 exits, the kernel spreads the side port's connections over both.
+        await waitUntil(async () => (await get(side, '/').catch(() => null))?.body === `side ${version}`, 10_000, `side ${version} on port ${side} (${sched})`);
+      }
+      // v2's worker holds the port alone once v1 is gone (a plain bind under SCHED_NONE failed with EADDRINUSE while v1 held it).
+      await waitUntil(() => tcpListeners(side)?.length === 1, 10_000, `one listener left on ${side}`);
+      assert.equal((await get(side, '/')).body, 'side v2');
+      const stopped = await runCli(['stop', '--name', 'app', '--state-dir', stateDir]);
+      assert.equal(stopped.code, 0, stopped.stderr);
+    }
   });
 });

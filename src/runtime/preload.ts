@@ -226,17 +226,30 @@ function install(config: RuntimeConfig): void {
     }
     let fd: number;
     try {
-      fd = native().bindReusePort(host, call.port ?? 0);
+      fd = bindShared(call.host, call.port ?? 0);
     } catch (err) {
-      if (call.host === undefined && (err as NodeJS.ErrnoException).code === 'EAFNOSUPPORT') {
-        return listenShared(server, { ...call, host: '0.0.0.0' });
-      }
       process.nextTick(() => server.emit('error', err));
       return server;
     }
-    send({ rd: 'other-port', port: call.port ?? 0 });
     const options = call.backlog === undefined ? { fd } : { fd, backlog: call.backlog };
     return originalListen.call(server, options, call.callback);
+  }
+
+  /**
+   * A socket bound with SO_REUSEPORT to `host` (an address; every interface,
+   * IPv6 and else IPv4, when undefined) and `port`, not listening yet, for a
+   * port other than the deploy port. Throws the bind's error.
+   */
+  function bindShared(host: string | undefined, port: number): number {
+    let fd: number;
+    try {
+      fd = native().bindReusePort(host ?? '::', port);
+    } catch (err) {
+      if (host !== undefined || (err as NodeJS.ErrnoException).code !== 'EAFNOSUPPORT') throw err;
+      fd = native().bindReusePort('0.0.0.0', port);
+    }
+    send({ rd: 'other-port', port });
+    return fd;
   }
 
   // node:cluster listens for its workers in this process, through this
@@ -245,9 +258,11 @@ function install(config: RuntimeConfig): void {
   // handler is assert.fail, so a health probe handed to it would crash the
   // app), or through net._createServerHandle with SCHED_NONE
   // (shared_handle.js), which a worker then accepts on itself. Either way
-  // the port's connections would be served by processes this runtime does
-  // not run in: the keeper fails the deploy with a message that says what to
-  // do instead, and the port is not opened.
+  // the deploy port's connections would be served by processes this runtime
+  // does not run in: the keeper fails the deploy with a message that says
+  // what to do instead, and the port is not opened. Other ports are shared
+  // as the app's own are: round robin comes through listenShared, and
+  // SCHED_NONE gets a handle on a socket from bindShared.
   function refuseCluster(policy: 'round-robin' | 'none'): void {
     // Stay up until the keeper stops this process: with the workers gone
     // (their listen failed), the process could exit first, and the deploy
@@ -258,10 +273,22 @@ function install(config: RuntimeConfig): void {
   const netInternals = net as unknown as { _createServerHandle?: (address: unknown, port: unknown, ...rest: unknown[]) => unknown };
   const createServerHandle = netInternals._createServerHandle;
   if (typeof createServerHandle === 'function') {
-    netInternals._createServerHandle = function (address, port, ...rest) {
-      if (port !== config.port || !calledByCluster('shared_handle')) return createServerHandle.call(this, address, port, ...rest);
-      refuseCluster('none');
-      return -(os.constants.errno.EADDRINUSE ?? 98); // a libuv error code: the worker's listen() fails
+    netInternals._createServerHandle = function (address, port, addressType, fd, flags) {
+      if (typeof port !== 'number' || port <= 0 || !calledByCluster('shared_handle')) return createServerHandle.call(this, address, port, addressType, fd, flags);
+      // Errors go back as libuv codes (negative errno), which SharedHandle
+      // passes on to the worker's listen().
+      if (port === config.port) {
+        refuseCluster('none');
+        return -(os.constants.errno.EADDRINUSE ?? 98);
+      }
+      try {
+        const shared = bindShared(typeof address === 'string' && address !== '' ? address : undefined, port);
+        const handle = createServerHandle.call(this, null, 0, addressType, shared, flags); // wraps the fd, binds nothing
+        if (typeof handle === 'number') native().closeFd(shared);
+        return handle;
+      } catch (err) {
+        return -((err as { errno?: number }).errno ?? os.constants.errno.EINVAL);
+      }
     };
   }
 
