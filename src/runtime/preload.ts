@@ -281,13 +281,20 @@ function install(config: RuntimeConfig): void {
         refuseCluster('none');
         return -(os.constants.errno.EADDRINUSE ?? 98);
       }
+      let shared = -1;
       try {
-        const shared = bindShared(typeof address === 'string' && address !== '' ? address : undefined, port);
+        shared = bindShared(typeof address === 'string' && address !== '' ? address : undefined, port);
         const handle = createServerHandle.call(this, null, 0, addressType, shared, flags); // wraps the fd, binds nothing
         if (typeof handle === 'number') native().closeFd(shared);
         return handle;
       } catch (err) {
-        return -((err as { errno?: number }).errno ?? os.constants.errno.EINVAL);
+        if (shared >= 0) native().closeFd(shared);
+        const errno = (err as { errno?: unknown }).errno;
+        if (typeof errno === 'number') return -errno;
+        // No errno (the addon did not load, an address it cannot parse): the
+        // worker only gets EINVAL, so the reason goes to the log here.
+        console.error(`reuse-deploy: port ${port} for cluster workers could not be bound: ${(err as Error).message}`);
+        return -os.constants.errno.EINVAL;
       }
     };
   }
