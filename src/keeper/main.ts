@@ -632,8 +632,8 @@ async function main(): Promise<void> {
       status.apps = apps.map((a) => ({ ...a.status }));
       return status;
     },
-    live: (body) => goingLive(goLive(Array.isArray(body.knownPids) ? body.knownPids.map(Number) : [], 'gated', warmUpRequest(body.warmUp))),
-    unpark: (body) => goingLive(goLive(Array.isArray(body.knownPids) ? body.knownPids.map(Number) : [], 'parked')),
+    live: (body) => goingLive(goLive(knownPidsOf(body), 'gated', warmUpRequest(body.warmUp))),
+    unpark: (body) => goingLive(goLive(knownPidsOf(body), 'parked')),
     drain: (body) =>
       startDrain(Number(body.timeoutMs ?? 30_000), Number(body.graceMs ?? 0), Number(body.parkMs ?? 0), Array.isArray(body.handoff) ? body.handoff.map(String) : []),
     // The CLI stops a release that never took traffic. One that went live
@@ -675,6 +675,11 @@ function startDrain(timeoutMs: number, graceMs: number, parkMs: number, handoff:
     log(`drain failed: ${(err as Error).message}`);
     shutdown(1);
   });
+}
+
+/** The pids of the releases the CLI knows on the port, from a go-live request (steering.ts counts the others as unknown). */
+function knownPidsOf(body: Record<string, unknown>): number[] {
+  return Array.isArray(body.knownPids) ? body.knownPids.map(Number) : [];
 }
 
 /**
