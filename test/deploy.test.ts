@@ -1,13 +1,14 @@
 // End-to-end: the real CLI deploys real apps, real clients send real HTTP.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, afterEach, beforeEach, describe, test } from 'node:test';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { keeperStop } from '../src/deploy/keeper-client';
-import { tcpListeners } from '../src/native';
+import { acceptQueue, bindReusePort, closeFd, listenFd, tcpListeners } from '../src/native';
 import { BOOT_NICE, BOOT_NICE_SLOW, BOOT_RAISE_MS, HELPERS_YOUNG_MS, SERVING_SLICE_NS } from '../src/protocol';
 import {
   cleanup,
@@ -76,6 +77,41 @@ describe('deploy and cutover', () => {
     const firstV2 = loop.answers.findIndex((a) => a.startsWith('v2 '));
     assert.ok(loop.answers.slice(firstV2).every((a) => a.startsWith('v2 ')), 'no v1 answer after the first v2 answer');
     await waitUntil(() => v1Pids.every((pid) => !isAlive(pid)), 15_000, 'v1 processes to exit');
+  });
+
+  test('a release alone on the port keeps every new connection, even from a listener that joins after it: first deploy, and after a replacement', async () => {
+    // What a newer release's listen() meets: without a program in the group
+    // from the start, the kernel's hash sent it connections between its
+    // listen() and its own attach, before its apps accepted (seen in CI as a
+    // v1 answer after a v2 answer under a request loop).
+    const joinerGetsNothing = async (what: string): Promise<void> => {
+      const joiner = bindReusePort('127.0.0.1', port);
+      try {
+        listenFd(joiner, 64);
+        for (let i = 0; i < 60; i++) {
+          await new Promise<void>((resolve, reject) => {
+            const socket = net.connect(port, '127.0.0.1', () => {
+              socket.destroy();
+              resolve();
+            });
+            socket.once('error', reject);
+          });
+        }
+        assert.equal(acceptQueue(joiner).queued, 0, `${what}: connections queued on the listener that joined`);
+        assert.match((await get(port, '/')).body, /^v\d /, what);
+      } finally {
+        closeFd(joiner);
+      }
+    };
+    assert.equal((await deploy('app.js', '--env', 'APP_VERSION=v1')).code, 0);
+    remember(stateDir, 'app');
+    await joinerGetsNothing('first deploy');
+    const second = await deploy('app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '100ms');
+    assert.equal(second.code, 0, second.stderr);
+    remember(stateDir, 'app');
+    const r2Log = path.join(stateDir, 'app', 'logs', 'r2.log');
+    await waitUntil(() => fs.readFileSync(r2Log, 'utf8').includes('older listeners are gone'), 10_000, 'r2 alone on the port');
+    await joinerGetsNothing('after a replacement');
   });
 
   test('a stop sent to a keeper that has gone live drains it: a request in flight is answered', async () => {

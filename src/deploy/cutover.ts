@@ -136,8 +136,9 @@ async function waitHealthy(spawned: Spawned, gated: KeeperStatus, rule: HealthRu
 /**
  * Waits until the port has settled from the previous cutover: the instances
  * that are draining (or parked) have left the reuseport group, so that the
- * new listener's index is right, and the live instance has detached its
- * steering program, so that a late detach cannot remove the new one's.
+ * new listener's index is right, and the live instance has replaced its
+ * steering program by the one that keeps new connections on it while it is
+ * alone, so that a late replacement cannot override the new one's.
  */
 async function waitPortSettled(state: AppState, progress: Progress): Promise<void> {
   const deadline = Date.now() + 15_000;
@@ -158,7 +159,7 @@ async function waitPortSettled(state: AppState, progress: Progress): Promise<voi
         );
       }
       if (Date.now() > deadline) {
-        progress.warn(`instance ${i.id} (${i.release}) has not settled after 15 s (${i.role === 'live' ? 'steering still attached' : 'listener still open'}); going on`);
+        progress.warn(`instance ${i.id} (${i.release}) has not settled after 15 s (${i.role === 'live' ? 'an older listener is still in the port' : 'listener still open'}); going on`);
         break;
       }
       await sleep(POLL_MS);

@@ -16,7 +16,7 @@ import { acceptQueue, attachSteeringBySource, closeFd, detachSteering, dup2Fd, e
 import { BOOT_NICE, BOOT_NICE_SLOW, BOOT_RAISE_MS, HELPERS_YOUNG_MS, SERVING_SLICE_NS, type KeeperConfig, type KeeperPhase, type KeeperStatus, type WarmUpRequest } from '../protocol';
 import { AppProcess } from './apps';
 import { bindDeploySocket, isBindFailure } from './bind';
-import { countPeers, detachWhenAlone, giveBackToPeers, HASH_INDEX, holdForPeer, steerToSelf } from './steering';
+import { countPeers, giveBackToPeers, HASH_INDEX, holdWhenAlone, steerToFirst, steerToSelf } from './steering';
 import { pickWarmUpPorts, warmUpThroughPort } from './warm-up';
 import { watchLogSize } from './logs';
 import { CRASH_LOOP, nextRestartDelay } from './supervise';
@@ -170,18 +170,22 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmU
   // in this socket's queue for the 'live' message to reach the apps and
   // their servers to start (p50 3.3 ms for those that arrived in that gap,
   // under the benchmark's load). With one peer, that is index 0 and we are
-  // index 1; with more (listeners of no known release), an index past the
-  // group's end leaves them to the kernel's hash, as before we joined, ours
-  // included (reuseport_select_sock). The warm-up's own connections come
-  // from source ports of ours and are steered here.
+  // index 1, and the peer's own program (`ret 0`, steering.ts holdWhenAlone)
+  // already kept them there from our listen() to the attach below; with
+  // more (listeners of no known release), an index past the group's end
+  // leaves them to the kernel's hash, ours included (reuseport_select_sock).
+  // The warm-up's own connections come from source ports of ours and are
+  // steered here. Alone, `ret 0` is us, and it stays.
   const held = peers > 0 && (warmUpPorts !== null || peers === 1);
   const others = peers === 1 ? 0 : HASH_INDEX;
   if (held && warmUpPorts) attachSteeringBySource(fd, warmUpPorts.first, warmUpPorts.last, peers, others);
-  else if (held) holdForPeer(fd);
+  else if (peers <= 1) steerToFirst(fd);
   status.steering = null;
   const backOut = (why: string): Error => {
     // Leave the group again at once: nobody would accept what lands here.
-    if (held) detachSteering(fd);
+    // A lone peer gets its `ret 0` back; with more, their program is unknown.
+    if (peers === 1) steerToFirst(fd);
+    else if (held) detachSteering(fd);
     unlisten(fd);
     status.listener = 'bound';
     return new Error(why);
@@ -202,7 +206,7 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmU
     if (status.steering.unknown > 0) {
       log(`warning: ${status.steering.unknown} listener(s) on the port belong to no known release; they keep their share after the old release leaves`);
     }
-    detachWhenAlone(fd, address, config.port, status.steering.groupSize, () => fd >= 0, log, () => (status.steering = null));
+    holdWhenAlone(fd, address, config.port, status.steering.groupSize, () => fd >= 0, log, () => (status.steering = null));
   }
   clearTimeout(parkTimer);
   status.parkedUntil = null;

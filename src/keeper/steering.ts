@@ -10,7 +10,11 @@
 //   into its slot.
 // So the newest listener is always index (members - 1) at the moment it
 // joins. A program returning that index sends every new connection to it.
-// Once it is the only member, the program is detached.
+// Once it is the only member, the program is replaced by `ret 0`, which
+// keeps every new connection on it even after a newer release's listen():
+// the group is never without a program when one joins. Without it, the
+// kernel's hash sent some connections to the newcomer between its listen()
+// and its own attach (a few microseconds), before its apps accepted.
 import { attachSteering, detachSteering } from '../native';
 import { groupMembers, socketInodesOf } from '../sys/proc-net';
 
@@ -43,12 +47,14 @@ export function steerToSelf(fd: number, address: string, port: number, ownInode:
 export const HASH_INDEX = 0xffffffff;
 
 /**
- * Attaches `ret 0` through our socket, which must already be listening: with
- * one peer before us, that peer is index 0 and we are index 1, so every new
- * connection still goes to the peer while our app processes start to
- * accept. steerToSelf replaces the program (reuseport_attach_prog swaps it).
+ * Attaches `ret 0` through our socket, which must already be listening.
+ * With one peer before us, that peer is index 0 and we are index 1, so every
+ * new connection still goes to the peer while our app processes start to
+ * accept; steerToSelf replaces the program (reuseport_attach_prog swaps
+ * it). Alone, index 0 is us, and a newer release that joins (index 1) gets
+ * nothing until it steers to itself.
  */
-export function holdForPeer(fd: number): void {
+export function steerToFirst(fd: number): void {
   attachSteering(fd, 0);
 }
 
@@ -64,7 +70,7 @@ export function holdForPeer(fd: number): void {
  */
 export function giveBackToPeers(fd: number, address: string, port: number, steering: Steering): 'peer' | 'hash' {
   if (steering.index === 1 && groupMembers(address, port).length === 2) {
-    holdForPeer(fd);
+    steerToFirst(fd);
     return 'peer';
   }
   detachSteering(fd);
@@ -72,14 +78,15 @@ export function giveBackToPeers(fd: number, address: string, port: number, steer
 }
 
 /**
- * Polls the group until our socket is its only member, then detaches the
- * program and calls `done`. Stops without detaching if the group grows (a
- * newer release now owns the program) or when `stillOpen` turns false.
- * A detach removes whatever program the group has, so the CLI makes a new
- * release join only after this has finished (cutover.ts, waitPortSettled):
- * otherwise a late detach could remove the newer release's program.
+ * Polls the group until our socket is its only member, then replaces the
+ * program by steerToFirst's `ret 0` and calls `done`. Stops without
+ * replacing if the group grows (a newer release now owns the program) or
+ * when `stillOpen` turns false. The group has one program, whoever attached
+ * it, so the CLI makes a new release join only after this has finished
+ * (cutover.ts, waitPortSettled): otherwise a late `ret 0` could replace the
+ * newer release's program and steer everything back to us.
  */
-export function detachWhenAlone(
+export function holdWhenAlone(
   fd: number,
   address: string,
   port: number,
@@ -95,10 +102,10 @@ export function detachWhenAlone(
     if (n <= 1) {
       clearInterval(timer);
       try {
-        detachSteering(fd);
-        log('older listeners are gone; steering program detached');
+        steerToFirst(fd);
+        log('older listeners are gone; new connections stay here until a newer release steers them to itself');
       } catch (err) {
-        log(`could not detach the steering program: ${(err as Error).message}`);
+        log(`could not replace the steering program: ${(err as Error).message}`);
       }
       done();
     }
