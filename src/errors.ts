@@ -29,7 +29,7 @@ export const CATALOGUE = {
   RD_ERR_NO_PREVIOUS: { exit: EXIT.usage, summary: '--previous was asked for, but no other release has been live.' },
   RD_ERR_RELEASE_NOT_FOUND: { exit: EXIT.usage, summary: 'The release named with --release is not kept (see `reuse-deploy releases`).' },
   RD_ERR_SNAPSHOT: { exit: EXIT.failed, summary: 'The app directory could not be copied into the release store.' },
-  RD_ERR_BOOT_CRASH: { exit: EXIT.failed, summary: 'The new version exited before it listened (syntax error, crash on boot).' },
+  RD_ERR_BOOT_CRASH: { exit: EXIT.failed, summary: 'The new version exited before it took traffic (syntax error, crash on boot or while going live).' },
   RD_ERR_NEVER_LISTENED: { exit: EXIT.failed, summary: 'The new version did not listen on the deploy port in time.' },
   RD_ERR_HEALTH_STATUS: { exit: EXIT.failed, summary: 'The health check kept answering with a failing status.' },
   RD_ERR_HEALTH_TIMEOUT: { exit: EXIT.failed, summary: 'The health check got no answer in time.' },

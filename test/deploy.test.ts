@@ -51,6 +51,31 @@ function livePids(): number[] {
   return (state?.instances ?? []).filter((i) => i.role === 'live').map((i) => i.keeperPid);
 }
 
+/**
+ * Joins a plain listener to the port's reuseport group and opens connections:
+ * with a release alone on the port (its `ret 0` in force), none may queue on
+ * the joiner, which is what a newer release's listen() meets too.
+ */
+async function joinerGetsNothing(port: number, what: string): Promise<void> {
+  const joiner = bindReusePort('127.0.0.1', port);
+  try {
+    listenFd(joiner, 64);
+    for (let i = 0; i < 60; i++) {
+      await new Promise<void>((resolve, reject) => {
+        const socket = net.connect(port, '127.0.0.1', () => {
+          socket.destroy();
+          resolve();
+        });
+        socket.once('error', reject);
+      });
+    }
+    assert.equal(acceptQueue(joiner).queued, 0, `${what}: connections queued on the listener that joined`);
+    assert.match((await get(port, '/')).body, /^v\d /, what);
+  } finally {
+    closeFd(joiner);
+  }
+}
+
 describe('deploy and cutover', () => {
   test('v1 then v2 under a request loop: every answer 200, answers switch, v1 exits', async () => {
     const first = await deploy('app.js', '--env', 'APP_VERSION=v1', '--health', '/healthz');
@@ -84,34 +109,28 @@ describe('deploy and cutover', () => {
     // from the start, the kernel's hash sent it connections between its
     // listen() and its own attach, before its apps accepted (seen in CI as a
     // v1 answer after a v2 answer under a request loop).
-    const joinerGetsNothing = async (what: string): Promise<void> => {
-      const joiner = bindReusePort('127.0.0.1', port);
-      try {
-        listenFd(joiner, 64);
-        for (let i = 0; i < 60; i++) {
-          await new Promise<void>((resolve, reject) => {
-            const socket = net.connect(port, '127.0.0.1', () => {
-              socket.destroy();
-              resolve();
-            });
-            socket.once('error', reject);
-          });
-        }
-        assert.equal(acceptQueue(joiner).queued, 0, `${what}: connections queued on the listener that joined`);
-        assert.match((await get(port, '/')).body, /^v\d /, what);
-      } finally {
-        closeFd(joiner);
-      }
-    };
     assert.equal((await deploy('app.js', '--env', 'APP_VERSION=v1')).code, 0);
     remember(stateDir, 'app');
-    await joinerGetsNothing('first deploy');
+    await joinerGetsNothing(port, 'first deploy');
     const second = await deploy('app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '100ms');
     assert.equal(second.code, 0, second.stderr);
     remember(stateDir, 'app');
     const r2Log = path.join(stateDir, 'app', 'logs', 'r2.log');
     await waitUntil(() => fs.readFileSync(r2Log, 'utf8').includes('older listeners are gone'), 10_000, 'r2 alone on the port');
-    await joinerGetsNothing('after a replacement');
+    await joinerGetsNothing(port, 'after a replacement');
+  });
+
+  test('a go-live that backs out (an app process crashed in the warm-up) gives every new connection back to the release before it', async () => {
+    assert.equal((await deploy('app.js', '--env', 'APP_VERSION=v1')).code, 0);
+    remember(stateDir, 'app');
+    // The probe is the first /healthz, the warm-up's second request crashes v2.
+    const failed = await deploy('app.js', '--env', 'APP_VERSION=v2', '--env', 'EXIT_AT_HEALTH=3', '--health', '/healthz', '--warm-up', '5');
+    assert.equal(failed.code, 1, failed.stderr);
+    // Before, the crash closed the socket under the go-live, which then failed on it: RD_ERR_GO_LIVE, "Bad file descriptor".
+    assert.match(failed.stderr, /The new version exited \(exit code 1\) while going live, before it took traffic\. \[RD_ERR_BOOT_CRASH\]/);
+    // The warm-up's program replaced v1's `ret 0`; backing out puts it back.
+    await joinerGetsNothing(port, 'after a go-live that backed out');
+    assert.match((await get(port, '/')).body, /^v1 /);
   });
 
   test('a stop sent to a keeper that has gone live drains it: a request in flight is answered', async () => {

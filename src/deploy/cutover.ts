@@ -66,6 +66,12 @@ function failure(spawned: Spawned, code: DeployError['code'], message: string, d
   return new DeployError(code, message, { logTail: logTail(spawned.logFile, spawned.logOffset), details });
 }
 
+/** The keeper's own failure (an app process crashed, say), if it has one: it says more than a call that failed with it. */
+async function keeperFailure(spawned: Spawned): Promise<DeployError | null> {
+  const status = await tryKeeperStatus(spawned.instance.controlSocket, 1_000);
+  return status?.phase === 'failed' && status.error ? failure(spawned, status.error.code as DeployError['code'], status.error.message) : null;
+}
+
 /** Waits until every app process has called listen() on the deploy port (phase 'gated'). */
 async function waitListening(spawned: Spawned, port: number, deadline: number): Promise<KeeperStatus> {
   let last: KeeperStatus | null = null;
@@ -108,8 +114,8 @@ async function waitHealthy(spawned: Spawned, gated: KeeperStatus, rule: HealthRu
     const failing = results.filter((r) => !isHealthy(rule, r));
     last = failing.find((r) => r.status !== null) ?? failing[0] ?? results[results.length - 1] ?? last;
     if (pending.size === 0) return;
-    const status = await tryKeeperStatus(spawned.instance.controlSocket, 1_000);
-    if (status?.phase === 'failed' && status.error) throw failure(spawned, status.error.code as DeployError['code'], status.error.message);
+    const failed = await keeperFailure(spawned);
+    if (failed) throw failed;
     if (++attempts === 20) progress.info(`still waiting for health: last answer ${last?.status ?? last?.error ?? 'none'}`);
     if (Date.now() > deadline) break;
     await sleep(100);
@@ -274,7 +280,7 @@ export async function cutover(
       try {
         live = await keeperLive(spawned.instance.controlSocket, old ? [old.keeperPid] : [], warm);
       } catch (err) {
-        throw failure(spawned, 'RD_ERR_GO_LIVE', `The new version passed health but could not go live: ${(err as Error).message}`);
+        throw (await keeperFailure(spawned)) ?? failure(spawned, 'RD_ERR_GO_LIVE', `The new version passed health but could not go live: ${(err as Error).message}`);
       }
     } catch (err) {
       signals.rollingBack();

@@ -12,11 +12,11 @@ import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { acceptQueue, attachSteeringBySource, closeFd, detachSteering, dup2Fd, ensureAddon, listenFd, setSlice, unlisten } from '../native';
+import { acceptQueue, attachSteeringBySource, closeFd, dup2Fd, ensureAddon, listenFd, setSlice, unlisten } from '../native';
 import { BOOT_NICE, BOOT_NICE_SLOW, BOOT_RAISE_MS, HELPERS_YOUNG_MS, SERVING_SLICE_NS, type KeeperConfig, type KeeperPhase, type KeeperStatus, type WarmUpRequest } from '../protocol';
 import { AppProcess } from './apps';
 import { bindDeploySocket, isBindFailure } from './bind';
-import { countPeers, giveBackToPeers, HASH_INDEX, holdWhenAlone, steerToFirst, steerToSelf } from './steering';
+import { countPeers, giveBackToPeers, holdWhenAlone, steerToFirst, steerToSelf } from './steering';
 import { pickWarmUpPorts, warmUpThroughPort } from './warm-up';
 import { watchLogSize } from './logs';
 import { CRASH_LOOP, nextRestartDelay } from './supervise';
@@ -66,7 +66,9 @@ function fail(code: string, message: string): void {
   setPhase('failed');
   log(`${code}: ${message}`);
   for (const app of apps) app.kill('SIGKILL');
-  closeListener();
+  // A go-live under way backs out itself once it sees the phase (goLive):
+  // it first gives a lone peer its program back, which needs our socket.
+  if (!inGoLive) closeListener();
   // Linger so that the CLI can read why; then go.
   setTimeout(() => shutdown(1), 60_000).unref();
 }
@@ -84,7 +86,7 @@ function allApps(state: string): boolean {
 function onAppExit(app: AppProcess, code: number | null, signal: NodeJS.Signals | null): void {
   const how = signal ? `signal ${signal}` : `exit code ${code}`;
   if (status.phase === 'booting' || status.phase === 'gated') {
-    fail('RD_ERR_BOOT_CRASH', `The new version exited (${how}) before it was ready.`);
+    fail('RD_ERR_BOOT_CRASH', `The new version exited (${how}) ${inGoLive ? 'while going live, before it took traffic' : 'before it was ready'}.`);
     return;
   }
   if (status.phase !== 'live') return; // draining or stopping: expected
@@ -161,42 +163,61 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmU
   if (status.phase !== from) throw new Error(`cannot go live from phase ${status.phase}`);
   if (!apps.every((a) => a.running)) throw new Error('an app process of this release is no longer running');
   const peers = countPeers(address, config.port, ownInode);
-  // warmUpRequest() passes only a count above 0.
-  const warmUpPorts = warm ? pickWarmUpPorts(warm, apps.length) : null;
+  // warmUpRequest() passes only a count above 0. Not beside listeners of no
+  // known release: see below.
+  const warmUpPorts = warm && peers <= 1 ? pickWarmUpPorts(warm, apps.length) : null;
+  if (warm && !warmUpPorts) log(`warning: no warm-up: ${peers} other listeners on the port, of which some belong to no known release; their program stays in force until this release steers to itself`);
   listenFd(fd, 511);
   status.listener = 'listening';
+  status.steering = null;
+  const backOut = (why: string): Error => {
+    // Leave the group again at once: nobody would accept what lands here.
+    // A lone peer gets its `ret 0` back (we may have replaced it with the
+    // warm-up's program).
+    // After fail() (an app process crashed, or asked for cluster), close too.
+    try {
+      if (peers === 1 && fd >= 0) steerToFirst(fd);
+    } finally {
+      if (fd >= 0) unlisten(fd);
+      status.listener = 'bound';
+      if (status.phase === 'failed') closeListener();
+    }
+    return new Error(why);
+  };
+  const failed = (): boolean => status.phase === 'failed';
+  const backOutIfFailed = (): void => {
+    if (failed()) throw backOut(status.error?.message ?? 'the release failed while going live');
+  };
   // Until the app processes accept on the socket (and are warmed up), new
   // connections keep going where they went: steered at once, they waited
   // in this socket's queue for the 'live' message to reach the apps and
   // their servers to start (p50 3.3 ms for those that arrived in that gap,
   // under the benchmark's load). With one peer, that is index 0 and we are
-  // index 1, and the peer's own program (`ret 0`, steering.ts holdWhenAlone)
-  // already kept them there from our listen() to the attach below; with
-  // more (listeners of no known release), an index past the group's end
-  // leaves them to the kernel's hash, ours included (reuseport_select_sock).
-  // The warm-up's own connections come from source ports of ours and are
-  // steered here. Alone, `ret 0` is us, and it stays.
-  const held = peers > 0 && (warmUpPorts !== null || peers === 1);
-  const others = peers === 1 ? 0 : HASH_INDEX;
-  if (held && warmUpPorts) attachSteeringBySource(fd, warmUpPorts.first, warmUpPorts.last, peers, others);
-  else if (peers <= 1) steerToFirst(fd);
-  status.steering = null;
-  const backOut = (why: string): Error => {
-    // Leave the group again at once: nobody would accept what lands here.
-    // A lone peer gets its `ret 0` back; with more, their program is unknown.
-    if (peers === 1) steerToFirst(fd);
-    else if (held) detachSteering(fd);
-    unlisten(fd);
-    status.listener = 'bound';
-    return new Error(why);
-  };
+  // index 1, and the peer's own `ret 0` (attached below when it went live
+  // alone, or by steering.ts holdWhenAlone once it was) already kept them
+  // there from our listen() on; we attach the same, or the warm-up's
+  // program, whose own connections come from source ports of ours. With
+  // more peers (listeners of no known release), we attach nothing: the
+  // group's program, if any, stays in force. Alone, `ret 0` is us, and it
+  // stays, so that the next release's listen() is covered in turn.
+  try {
+    if (peers === 1 && warmUpPorts) attachSteeringBySource(fd, warmUpPorts.first, warmUpPorts.last, 1, 0);
+    else if (peers <= 1) steerToFirst(fd);
+  } catch (err) {
+    if (peers === 1) throw backOut(`could not attach the steering program: ${(err as Error).message}`);
+    // Alone there is nothing to protect yet: only the next deploy's go-live
+    // may see a few connections hashed to it before its apps accept.
+    if (peers === 0) log(`warning: could not attach the program that keeps new connections on this release: ${(err as Error).message}`);
+  }
   for (const app of apps) app.send({ rd: from === 'gated' ? 'live' : 'unpark' });
-  if (!(await waitFor(() => allApps('live'), 10_000))) throw backOut('the app processes did not start accepting within 10 s');
+  if (!(await waitFor(() => allApps('live') || failed(), 10_000))) throw backOut('the app processes did not start accepting within 10 s');
+  backOutIfFailed();
   if (warm && warmUpPorts) {
     const started = Date.now();
     const answered = await warmUpThroughPort(address, config.port, apps.map((a) => a.status), warm, warmUpPorts);
     const sent = warmUpPorts.last - warmUpPorts.first + 1;
     log(`warmed up through the port: ${answered} of ${sent} request(s) answered (${warm.count} per app process) in ${Date.now() - started} ms`);
+    backOutIfFailed();
     if (!apps.every((a) => a.running)) throw backOut('an app process of this release exited during the warm-up');
   }
   // Every app process accepts now: every new connection comes here.
@@ -206,7 +227,7 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmU
     if (status.steering.unknown > 0) {
       log(`warning: ${status.steering.unknown} listener(s) on the port belong to no known release; they keep their share after the old release leaves`);
     }
-    holdWhenAlone(fd, address, config.port, status.steering.groupSize, () => fd >= 0, log, () => (status.steering = null));
+    holdWhenAlone(fd, address, config.port, status.steering.groupSize, () => fd >= 0 && status.phase === 'live', log, () => (status.steering = null));
   }
   clearTimeout(parkTimer);
   status.parkedUntil = null;

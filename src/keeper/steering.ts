@@ -10,11 +10,18 @@
 //   into its slot.
 // So the newest listener is always index (members - 1) at the moment it
 // joins. A program returning that index sends every new connection to it.
-// Once it is the only member, the program is replaced by `ret 0`, which
-// keeps every new connection on it even after a newer release's listen():
-// the group is never without a program when one joins. Without it, the
-// kernel's hash sent some connections to the newcomer between its listen()
-// and its own attach (a few microseconds), before its apps accepted.
+// A release alone in the group keeps `ret 0` (attached at its go-live if it
+// was alone then, by holdWhenAlone once it is): that keeps every new
+// connection on it even after a newer release's listen(). A program
+// attached before listen() is lost when the socket joins the group
+// (reuseport_add_sock frees the socket's own group), so the newcomer cannot
+// bring one; without the live release's, the kernel's hash sent some
+// connections to the newcomer between its listen() and its own attach (a
+// few microseconds), before its apps accepted. The group is still without
+// a program after giveBackToPeers' 'hash' case, beside a listener of no
+// known release that came first, or behind a release started by a version
+// before this one: there the gap remains (those connections wait for the
+// new apps to accept; a go-live that backs out resets them).
 import { attachSteering, detachSteering } from '../native';
 import { groupMembers, socketInodesOf } from '../sys/proc-net';
 
@@ -42,9 +49,6 @@ export function steerToSelf(fd: number, address: string, port: number, ownInode:
   attachSteering(fd, peersBefore);
   return { index: peersBefore, groupSize: members.length, unknown };
 }
-
-/** A program's answer past any group's end: the kernel's hash picks (run_bpf_filter returns no socket). */
-export const HASH_INDEX = 0xffffffff;
 
 /**
  * Attaches `ret 0` through our socket, which must already be listening.
