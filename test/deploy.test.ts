@@ -133,6 +133,28 @@ describe('deploy and cutover', () => {
     assert.match((await get(port, '/')).body, /^v1 /);
   });
 
+  test('beside a listener of no known release, a deploy does no warm-up and takes no connection before it steers to itself', async () => {
+    assert.equal((await deploy('app.js', '--env', 'APP_VERSION=v1')).code, 0);
+    remember(stateDir, 'app');
+    const stranger = bindReusePort('127.0.0.1', port);
+    try {
+      listenFd(stranger, 64);
+      // v1's `ret 0` keeps everything: the stranger is index 1, v2 joins as 2.
+      // v1 stays in the group for the grace, so that `ret 2` still points at v2 below.
+      const second = await deploy('app.js', '--env', 'APP_VERSION=v2', '--health', '/healthz', '--warm-up', '3', '--handshake-grace', '3s');
+      assert.equal(second.code, 0, second.stderr);
+      remember(stateDir, 'app');
+      const log = fs.readFileSync(path.join(stateDir, 'app', 'logs', 'r2.log'), 'utf8');
+      assert.match(log, /warning: no warm-up: 2 other listeners on the port/);
+      assert.match(log, /1 listener\(s\) on the port belong to no known release/);
+      assert.doesNotMatch(log, /warmed up through the port/);
+      assert.equal(acceptQueue(stranger).queued, 0, 'nothing queued on the stranger');
+      assert.match((await get(port, '/')).body, /^v2 /);
+    } finally {
+      closeFd(stranger);
+    }
+  });
+
   test('a stop sent to a keeper that has gone live drains it: a request in flight is answered', async () => {
     // What the CLI sends when a go-live answer was lost after the keeper had joined the port.
     assert.equal((await deploy('app.js', '--env', 'SLOW_MS=1500')).code, 0);
