@@ -210,15 +210,18 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmU
     if (peers === 0) log(`warning: could not attach the program that keeps new connections on this release: ${(err as Error).message}`);
   }
   for (const app of apps) app.send({ rd: from === 'gated' ? 'live' : 'unpark' });
-  if (!(await waitFor(() => allApps('live') || failed(), 10_000))) throw backOut('the app processes did not start accepting within 10 s');
+  const exited = (): boolean => !apps.every((a) => a.running);
+  if (!(await waitFor(() => allApps('live') || failed() || exited(), 10_000))) throw backOut('the app processes did not start accepting within 10 s');
   backOutIfFailed();
+  // Unparking: an exit is no failure of the phase (onAppExit), but it must not wait out the 10 s.
+  if (exited()) throw backOut('an app process of this release exited while going live');
   if (warm && warmUpPorts) {
     const started = Date.now();
     const answered = await warmUpThroughPort(address, config.port, apps.map((a) => a.status), warm, warmUpPorts);
     const sent = warmUpPorts.last - warmUpPorts.first + 1;
     log(`warmed up through the port: ${answered} of ${sent} request(s) answered (${warm.count} per app process) in ${Date.now() - started} ms`);
     backOutIfFailed();
-    if (!apps.every((a) => a.running)) throw backOut('an app process of this release exited during the warm-up');
+    if (exited()) throw backOut('an app process of this release exited during the warm-up');
   }
   // Every app process accepts now: every new connection comes here.
   if (peers > 0) {
