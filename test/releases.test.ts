@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { collectGarbage, snapshot } from '../src/deploy/snapshot';
 import { cleanup, fixture, freePort, get, remember, runCli, tempStateDir, waitUntil } from './helpers';
 
@@ -161,6 +162,41 @@ describe('parked rollback', () => {
       const answer = await get(port, '/');
       assert.equal(answer.body, `v1 ${parkedPid}`, 'the very same process answers again');
     }
+  });
+});
+
+describe('stopping a release that parks', () => {
+  // Before, both stopped the app processes at once (SIGTERM), and the request in flight was cut.
+  test('stop while the replaced release still drains on its way to parking: it closes instead, and its request in flight is answered', async () => {
+    build('v1');
+    assert.equal((await deploy('--env', 'SLOW_MS=2500')).code, 0);
+    const slow = get(port, '/slow', { timeoutMs: 10_000 });
+    await sleep(300); // the request is in v1
+    build('v2');
+    const d2 = await deploy('--park', '1m', '--handshake-grace', '2s');
+    assert.equal(d2.code, 0, d2.stderr);
+    const stopped = await cli('stop'); // v1 is recorded as parked, and still waits out its grace
+    assert.equal(stopped.code, 0, stopped.stderr);
+    const answer = await slow;
+    assert.equal(answer.status, 200);
+    assert.equal(answer.body, 'v1 slow');
+    assert.match(fs.readFileSync(path.join(stateDir, 'shop', 'logs', 'r1.log'), 'utf8'), /not parking: a stop came during the drain; stopping instead/);
+  });
+
+  test('stop of a parked release lets its app processes finish the requests they still serve', async () => {
+    build('v1');
+    assert.equal((await deploy('--env', 'SLOW_MS=3000')).code, 0);
+    const slow = get(port, '/slow', { timeoutMs: 10_000 });
+    await sleep(300);
+    build('v2');
+    assert.equal((await deploy('--park', '1m', '--handshake-grace', '100ms')).code, 0);
+    const phase = async () => JSON.parse((await cli('status', '--json')).stdout).instances.find((i: { release: string }) => i.release === 'r1')?.status?.phase;
+    await waitUntil(async () => (await phase()) === 'parked', 5_000, 'r1 to be parked');
+    const stopped = await cli('stop');
+    assert.equal(stopped.code, 0, stopped.stderr);
+    const answer = await slow;
+    assert.equal(answer.status, 200);
+    assert.equal(answer.body, 'v1 slow');
   });
 });
 

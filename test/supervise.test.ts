@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { tcpListeners } from '../src/native';
 import { SERVING_SLICE_NS } from '../src/protocol';
 import { fixture, freshAppPerTest, get, hasCustomSlices, isAlive, processGroup, readAppState, remember, runCli, sliceOf, waitUntil } from './helpers';
 
@@ -55,6 +56,32 @@ describe('supervision', () => {
     assert.equal(after!.restarts, 1);
     assert.ok(pids.has(String(after!.pid)), 'the new process answered');
     if (hasCustomSlices) assert.equal(sliceOf(after!.pid!), SERVING_SLICE_NS, 'the restarted process serves on the short time slice too');
+  });
+
+  test('a release replaced with --park while its app process restarts after a crash: that process is stopped, and the release does not park', async () => {
+    const mark = path.join(t.stateDir, 'crashed');
+    const env = { REUSE_DEPLOY_RESTART_DELAY_MS: '100' };
+    const d = await runCli([fixture('app.js'), ...common(), '--env', 'APP_VERSION=v1', '--env', `SLOW_RESTART_MARK=${mark}`], { env });
+    assert.equal(d.code, 0, d.stderr);
+    remember(t.stateDir, 'app');
+    const [before] = await appStatuses();
+    fs.writeFileSync(mark, '');
+    process.kill(before!.pid!, 'SIGKILL');
+    await waitUntil(async () => {
+      const [app] = await appStatuses();
+      return app?.restarts === 1 && app.state === 'starting';
+    }, 5_000, 'the restarted process to boot (3 s late)');
+    const d2 = await runCli([fixture('app.js'), ...common(), '--env', 'APP_VERSION=v2', '--park', '1m', '--handshake-grace', '100ms'], { env });
+    assert.equal(d2.code, 0, d2.stderr);
+    remember(t.stateDir, 'app');
+    const log = path.join(t.stateDir, 'app', 'logs', 'r1.log');
+    await waitUntil(() => fs.readFileSync(log, 'utf8').includes('not parking: an app process is not running; stopping instead'), 10_000, 'r1 to stop instead of parking');
+    // Before, the drain message reached the booting process, which went live
+    // when it listened, 3 s on, after r1 had parked: its socket was back in
+    // the port's group, under a release recorded as parked.
+    await sleep(3_500);
+    assert.equal(tcpListeners(t.port)?.length, 1, 'only v2 is in the port group');
+    assert.match((await get(t.port, '/')).body, /^v2 /);
   });
 
   test('a crash loop gives up, and status says so', async () => {

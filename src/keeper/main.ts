@@ -162,6 +162,9 @@ async function waitFor(predicate: () => boolean, timeoutMs: number, stepMs = 50)
 async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmUpRequest | null = null): Promise<KeeperStatus> {
   if (status.phase !== from) throw new Error(`cannot go live from phase ${status.phase}`);
   if (!apps.every((a) => a.running)) throw new Error('an app process of this release is no longer running');
+  // The parking time must not run out under the go-live (stopParked would
+  // close the socket under it); it is over once this succeeds.
+  clearTimeout(parkTimer);
   const peers = countPeers(address, config.port, ownInode);
   // warmUpRequest() passes only a count above 0. Not beside listeners of no
   // known release: see below.
@@ -181,6 +184,12 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmU
       if (fd >= 0) unlisten(fd);
       status.listener = 'bound';
       if (status.phase === 'failed') closeListener();
+    }
+    // A parked release whose apps were told to go live again cannot park
+    // again (those that accept would get EINVAL from the unlisten): it stops.
+    if (from === 'parked') {
+      log(`could not go live again (${why}); stopping`);
+      stopParked();
     }
     return new Error(why);
   };
@@ -232,7 +241,6 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmU
     }
     holdWhenAlone(fd, address, config.port, status.steering.groupSize, () => fd >= 0 && status.phase === 'live', log, () => (status.steering = null));
   }
-  clearTimeout(parkTimer);
   status.parkedUntil = null;
   drained.clear();
   status.liveAt = Date.now();
@@ -472,9 +480,25 @@ async function drain(timeoutMs: number, graceMs: number, parkMs = 0, handoff: st
     const emptied = await waitFor(() => acceptQueue(fd).queued === 0, 5_000, 5);
     if (!emptied) log(`warning: accept queue still holds ${acceptQueue(fd).queued} connection(s); closing anyway`);
   }
-  const park = parkMs > 0 && wasLive && fd >= 0;
-  for (const app of apps) app.send({ rd: 'drain', timeoutMs, handoff });
+  drainDeadline = Date.now() + timeoutMs;
+  for (const app of apps) {
+    // An app process restarted after a crash that has not reported back yet
+    // serves nothing, and would go live after a drain message (preload.ts
+    // gate()): it is stopped instead.
+    if (app.running && app.status.state === 'starting') app.kill('SIGTERM');
+    else app.send({ rd: 'drain', timeoutMs, handoff });
+  }
   const serversClosed = await waitFor(() => apps.every((a) => !a.running || a.status.state === 'draining'), 5_000);
+  // Parked only if every app process runs and closed its server (one still
+  // accepting would get EINVAL from the unlisten below, and could not serve
+  // again; one stopped above could not come back), and if no stop came
+  // meanwhile (a stop during the drain closes instead).
+  const running = apps.every((a) => a.running);
+  const park = parkMs > 0 && wasLive && fd >= 0 && serversClosed && running && !stopAfterDrain;
+  if (parkMs > 0 && wasLive && !park) {
+    const why = stopAfterDrain ? 'a stop came during the drain' : !running ? 'an app process is not running' : 'an app process did not close its server';
+    log(`not parking: ${why}; stopping instead`);
+  }
   // The apps have closed their servers, but each still holds fd 4, the
   // socket it was started with (kept for a parked process's go-live), and a
   // child process an app started may hold it too (inherited). Closing our fd
@@ -487,18 +511,14 @@ async function drain(timeoutMs: number, graceMs: number, parkMs = 0, handoff: st
   // every holder; its queue was emptied above, and nothing is steered here.
   // Not while an app still accepts on it: its next accept would fail with
   // EINVAL, which Node raises as an 'error' on its server.
-  if (wasLive && fd >= 0 && (park || serversClosed)) unlisten(fd);
+  if (wasLive && fd >= 0 && serversClosed) unlisten(fd);
   else if (wasLive && fd >= 0) log('warning: an app process did not close its server within 5 s; the socket leaves the port when the app processes exit');
   if (park) {
     status.listener = 'bound';
     status.parkedUntil = Date.now() + parkMs;
     setPhase('parked');
     for (const app of apps) if (app.running) app.status.state = 'parked';
-    parkTimer = setTimeout(() => {
-      if (status.phase !== 'parked') return;
-      log('parking time is over; stopping');
-      stopNow();
-    }, parkMs);
+    armParkTimer(parkMs);
     return;
   }
   closeListener();
@@ -510,6 +530,35 @@ async function drain(timeoutMs: number, graceMs: number, parkMs = 0, handoff: st
 }
 
 const drained = new Set<number>();
+/** When the apps' drain times out: a parked release that is stopped waits for them until then. */
+let drainDeadline = 0;
+/** A stop (or SIGTERM) that came while draining: the drain closes rather than parks, then the keeper exits. */
+let stopAfterDrain = false;
+
+function armParkTimer(ms: number): void {
+  clearTimeout(parkTimer);
+  parkTimer = setTimeout(() => {
+    if (status.phase !== 'parked') return;
+    log('parking time is over; stopping');
+    stopParked();
+  }, ms);
+}
+
+/**
+ * Stops a parked release: it is out of the port already; its apps were told
+ * to drain when it parked, and finish what they still serve (until the
+ * drain's timeout) before they are stopped.
+ */
+function stopParked(): void {
+  clearTimeout(parkTimer);
+  closeListener();
+  status.listener = 'closed';
+  setPhase('closed');
+  const left = Math.max(0, drainDeadline - Date.now()) + 2_000;
+  void waitFor(() => apps.every((a) => !a.running || drained.has(a.slot)), left, 50)
+    .then(() => stopApps())
+    .then(() => shutdown(0));
+}
 
 async function stopApps(): Promise<void> {
   for (const app of apps) app.kill('SIGTERM');
@@ -671,6 +720,11 @@ async function main(): Promise<void> {
     // still serves (nobody told it to drain).
     stop: () =>
       void afterGoLive().then(() => {
+        if (status.phase === 'draining') {
+          stopAfterDrain = true; // not parked: the drain closes, then the keeper exits
+          return;
+        }
+        if (status.phase === 'parked') return stopParked();
         if (status.phase !== 'live') return stopNow();
         if (status.steering && fd >= 0) {
           const how = giveBackToPeers(fd, address, config.port, status.steering);
@@ -682,11 +736,14 @@ async function main(): Promise<void> {
   });
   watchLogSize(c.logFile);
   setTimeout(() => {
-    if (status.phase === 'booting' || status.phase === 'gated') {
-      log('nobody made this release live in time; stopping');
-      fail('RD_ERR_NEVER_LISTENED', 'The keeper was not made live in time.');
-      void stopApps().then(() => shutdown(1));
-    }
+    // A go-live under way ends first (it is bounded: 10 s, then a 5 s warm-up).
+    void afterGoLive().then(() => {
+      if (status.phase === 'booting' || status.phase === 'gated') {
+        log('nobody made this release live in time; stopping');
+        fail('RD_ERR_NEVER_LISTENED', 'The keeper was not made live in time.');
+        void stopApps().then(() => shutdown(1));
+      }
+    });
   }, c.gateTimeoutMs).unref();
 }
 
@@ -732,12 +789,16 @@ function afterGoLive(): Promise<void> {
   );
 }
 
-/** SIGTERM/SIGINT (systemd, a person): a live release drains; one that serves nothing just stops. */
+/** SIGTERM/SIGINT (systemd, a person): a live release drains; a draining one closes (never parks); a parked one lets its apps finish; one that serves nothing just stops. */
 function onSignal(): void {
   void afterGoLive().then(() => {
     if (status.phase === 'live') {
       startDrain(30_000, 0, 0);
-    } else if (status.phase !== 'draining' && status.phase !== 'closed') {
+    } else if (status.phase === 'draining') {
+      stopAfterDrain = true;
+    } else if (status.phase === 'parked') {
+      stopParked();
+    } else if (status.phase !== 'closed') {
       stopNow();
     }
   });
