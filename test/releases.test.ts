@@ -169,12 +169,14 @@ describe('stopping a release that parks', () => {
   // Before, both stopped the app processes at once (SIGTERM), and the request in flight was cut.
   test('stop while the replaced release still drains on its way to parking: it closes instead, and its request in flight is answered', async () => {
     build('v1');
-    assert.equal((await deploy('--env', 'SLOW_MS=2500')).code, 0);
-    const slow = get(port, '/slow', { timeoutMs: 10_000 });
+    assert.equal((await deploy('--env', 'SLOW_MS=8000')).code, 0);
+    let slowDone = false;
+    const slow = get(port, '/slow', { timeoutMs: 20_000 }).finally(() => (slowDone = true));
     await sleep(300); // the request is in v1
     build('v2');
-    const d2 = await deploy('--park', '1m', '--handshake-grace', '2s');
+    const d2 = await deploy('--park', '1m', '--handshake-grace', '5s');
     assert.equal(d2.code, 0, d2.stderr);
+    assert.equal(slowDone, false, 'the request is still in flight');
     const stopped = await cli('stop'); // v1 is recorded as parked, and still waits out its grace
     assert.equal(stopped.code, 0, stopped.stderr);
     const answer = await slow;
@@ -185,13 +187,15 @@ describe('stopping a release that parks', () => {
 
   test('stop of a parked release lets its app processes finish the requests they still serve', async () => {
     build('v1');
-    assert.equal((await deploy('--env', 'SLOW_MS=3000')).code, 0);
-    const slow = get(port, '/slow', { timeoutMs: 10_000 });
+    assert.equal((await deploy('--env', 'SLOW_MS=8000')).code, 0);
+    let slowDone = false;
+    const slow = get(port, '/slow', { timeoutMs: 20_000 }).finally(() => (slowDone = true));
     await sleep(300);
     build('v2');
     assert.equal((await deploy('--park', '1m', '--handshake-grace', '100ms')).code, 0);
     const phase = async () => JSON.parse((await cli('status', '--json')).stdout).instances.find((i: { release: string }) => i.release === 'r1')?.status?.phase;
     await waitUntil(async () => (await phase()) === 'parked', 5_000, 'r1 to be parked');
+    assert.equal(slowDone, false, 'the request is still in flight');
     const stopped = await cli('stop');
     assert.equal(stopped.code, 0, stopped.stderr);
     const answer = await slow;

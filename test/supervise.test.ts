@@ -61,7 +61,7 @@ describe('supervision', () => {
   test('a release replaced with --park while its app process restarts after a crash: that process is stopped, and the release does not park', async () => {
     const mark = path.join(t.stateDir, 'crashed');
     const env = { REUSE_DEPLOY_RESTART_DELAY_MS: '100' };
-    const d = await runCli([fixture('app.js'), ...common(), '--env', 'APP_VERSION=v1', '--env', `SLOW_RESTART_MARK=${mark}`], { env });
+    const d = await runCli([fixture('app.js'), ...common(), '--env', 'APP_VERSION=v1', '--env', `SLOW_RESTART_MARK=${mark}`, '--env', 'SLOW_RESTART_MS=20000'], { env });
     assert.equal(d.code, 0, d.stderr);
     remember(t.stateDir, 'app');
     const [before] = await appStatuses();
@@ -70,16 +70,16 @@ describe('supervision', () => {
     await waitUntil(async () => {
       const [app] = await appStatuses();
       return app?.restarts === 1 && app.state === 'starting';
-    }, 5_000, 'the restarted process to boot (3 s late)');
+    }, 5_000, 'the restarted process to boot (20 s late)');
     const d2 = await runCli([fixture('app.js'), ...common(), '--env', 'APP_VERSION=v2', '--park', '1m', '--handshake-grace', '100ms'], { env });
     assert.equal(d2.code, 0, d2.stderr);
     remember(t.stateDir, 'app');
     const log = path.join(t.stateDir, 'app', 'logs', 'r1.log');
     await waitUntil(() => fs.readFileSync(log, 'utf8').includes('not parking: an app process is not running; stopping instead'), 10_000, 'r1 to stop instead of parking');
     // Before, the drain message reached the booting process, which went live
-    // when it listened, 3 s on, after r1 had parked: its socket was back in
-    // the port's group, under a release recorded as parked.
-    await sleep(3_500);
+    // when it listened, after r1 had parked (seen with a 3 s delay): its
+    // socket was back in the port's group, under a release recorded as parked.
+    await waitUntil(() => fs.readFileSync(log, 'utf8').includes('keeper exits'), 15_000, "r1's keeper to exit");
     assert.equal(tcpListeners(t.port)?.length, 1, 'only v2 is in the port group');
     assert.match((await get(t.port, '/')).body, /^v2 /);
   });

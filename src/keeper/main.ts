@@ -162,9 +162,7 @@ async function waitFor(predicate: () => boolean, timeoutMs: number, stepMs = 50)
 async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmUpRequest | null = null): Promise<KeeperStatus> {
   if (status.phase !== from) throw new Error(`cannot go live from phase ${status.phase}`);
   if (!apps.every((a) => a.running)) throw new Error('an app process of this release is no longer running');
-  // The parking time must not run out under the go-live (stopParked would
-  // close the socket under it); it is over once this succeeds.
-  clearTimeout(parkTimer);
+  goLiveTried = true;
   const peers = countPeers(address, config.port, ownInode);
   // warmUpRequest() passes only a count above 0. Not beside listeners of no
   // known release: see below.
@@ -173,7 +171,15 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmU
   listenFd(fd, 511);
   status.listener = 'listening';
   status.steering = null;
+  // The parking time must not run out under the go-live (stopParked would
+  // close the socket under it); it is over once this succeeds.
+  clearTimeout(parkTimer);
   const backOut = (why: string): Error => {
+    if (from === 'parked') {
+      // Its apps were told to serve again: they close their servers first.
+      void abandonUnpark(peers, why);
+      return new Error(why);
+    }
     // Leave the group again at once: nobody would accept what lands here.
     // A lone peer gets its `ret 0` back (we may have replaced it with the
     // warm-up's program).
@@ -184,12 +190,6 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmU
       if (fd >= 0) unlisten(fd);
       status.listener = 'bound';
       if (status.phase === 'failed') closeListener();
-    }
-    // A parked release whose apps were told to go live again cannot park
-    // again (those that accept would get EINVAL from the unlisten): it stops.
-    if (from === 'parked') {
-      log(`could not go live again (${why}); stopping`);
-      stopParked();
     }
     return new Error(why);
   };
@@ -226,15 +226,31 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmU
   if (exited()) throw backOut('an app process of this release exited while going live');
   if (warm && warmUpPorts) {
     const started = Date.now();
-    const answered = await warmUpThroughPort(address, config.port, apps.map((a) => a.status), warm, warmUpPorts);
+    let warmedUp = false;
+    const warming = warmUpThroughPort(address, config.port, apps.map((a) => a.status), warm, warmUpPorts)
+      .catch(() => 0)
+      .finally(() => (warmedUp = true));
+    // An app process that dies in the warm-up ends it (its other requests
+    // would wait out the warm-up's 5 s in a queue nobody accepts from).
+    await waitFor(() => warmedUp || failed() || exited(), 6_000);
+    backOutIfFailed();
+    if (exited()) throw backOut('an app process of this release exited during the warm-up');
+    const answered = await warming;
     const sent = warmUpPorts.last - warmUpPorts.first + 1;
     log(`warmed up through the port: ${answered} of ${sent} request(s) answered (${warm.count} per app process) in ${Date.now() - started} ms`);
+    // An app process that died in the warm-up closed its connections before
+    // its exit reaches us (SIGCHLD): give that a moment to arrive.
+    if (answered < sent) await waitFor(() => failed() || exited(), 1_000);
     backOutIfFailed();
     if (exited()) throw backOut('an app process of this release exited during the warm-up');
   }
   // Every app process accepts now: every new connection comes here.
   if (peers > 0) {
-    status.steering = steerToSelf(fd, address, config.port, ownInode, peers, knownPids);
+    try {
+      status.steering = steerToSelf(fd, address, config.port, ownInode, peers, knownPids);
+    } catch (err) {
+      throw backOut(`could not steer new connections here: ${(err as Error).message}`);
+    }
     log(`steering new connections to group index ${peers} of ${status.steering.groupSize}`);
     if (status.steering.unknown > 0) {
       log(`warning: ${status.steering.unknown} listener(s) on the port belong to no known release; they keep their share after the old release leaves`);
@@ -480,6 +496,7 @@ async function drain(timeoutMs: number, graceMs: number, parkMs = 0, handoff: st
     const emptied = await waitFor(() => acceptQueue(fd).queued === 0, 5_000, 5);
     if (!emptied) log(`warning: accept queue still holds ${acceptQueue(fd).queued} connection(s); closing anyway`);
   }
+  drainTimeout = timeoutMs;
   drainDeadline = Date.now() + timeoutMs;
   for (const app of apps) {
     // An app process restarted after a crash that has not reported back yet
@@ -532,6 +549,9 @@ async function drain(timeoutMs: number, graceMs: number, parkMs = 0, handoff: st
 const drained = new Set<number>();
 /** When the apps' drain times out: a parked release that is stopped waits for them until then. */
 let drainDeadline = 0;
+let drainTimeout = 30_000;
+/** A go-live was tried: the gate timer leaves the outcome to the CLI. */
+let goLiveTried = false;
 /** A stop (or SIGTERM) that came while draining: the drain closes rather than parks, then the keeper exits. */
 let stopAfterDrain = false;
 
@@ -542,6 +562,32 @@ function armParkTimer(ms: number): void {
     log('parking time is over; stopping');
     stopParked();
   }, ms);
+}
+
+/**
+ * A parked release that could not go live again stops: its apps, told to
+ * serve again, drain first (an unlisten under one still accepting would make
+ * its accept fail with EINVAL); a lone peer has its `ret 0` back, so nothing
+ * new comes here meanwhile.
+ */
+async function abandonUnpark(peers: number, why: string): Promise<void> {
+  log(`could not go live again (${why}); stopping`);
+  try {
+    if (peers === 1 && fd >= 0) steerToFirst(fd);
+  } catch (err) {
+    log(`could not give new connections back: ${(err as Error).message}`);
+  }
+  drainDeadline = Date.now() + drainTimeout;
+  // Only those that went live again: the others still drain from the park.
+  const again = apps.filter((a) => a.running && a.status.state === 'live');
+  for (const app of again) {
+    drained.delete(app.slot);
+    app.send({ rd: 'drain', timeoutMs: drainTimeout, handoff: [] });
+  }
+  await waitFor(() => again.every((a) => !a.running || a.status.state === 'draining'), 5_000);
+  if (fd >= 0) unlisten(fd);
+  status.listener = 'bound';
+  if (status.phase === 'parked') stopParked();
 }
 
 /**
@@ -725,6 +771,7 @@ async function main(): Promise<void> {
           return;
         }
         if (status.phase === 'parked') return stopParked();
+        if (status.phase === 'closed') return; // on its way out, letting its apps finish
         if (status.phase !== 'live') return stopNow();
         if (status.steering && fd >= 0) {
           const how = giveBackToPeers(fd, address, config.port, status.steering);
@@ -738,11 +785,15 @@ async function main(): Promise<void> {
   setTimeout(() => {
     // A go-live under way ends first (it is bounded: 10 s, then a 5 s warm-up).
     void afterGoLive().then(() => {
-      if (status.phase === 'booting' || status.phase === 'gated') {
+      if (status.phase !== 'booting' && status.phase !== 'gated') return;
+      if (goLiveTried) {
+        // It backed out, and the CLI (which reports why) did not stop it.
+        log('a go-live was tried and backed out, and nobody stopped this release; stopping');
+      } else {
         log('nobody made this release live in time; stopping');
         fail('RD_ERR_NEVER_LISTENED', 'The keeper was not made live in time.');
-        void stopApps().then(() => shutdown(1));
       }
+      void stopApps().then(() => shutdown(1));
     });
   }, c.gateTimeoutMs).unref();
 }

@@ -198,6 +198,10 @@ function install(config: RuntimeConfig): void {
       process.nextTick(() => server.emit('error', err));
       return server;
     }
+    // Told to drain before it listened (restarted after a crash while its
+    // release was being replaced): the keeper stops this process, and it must
+    // not start accepting on the socket meanwhile.
+    if (draining) return server;
     const tls = isTlsServer(server);
     const h2 = speaksOnlyH2(server);
     gated = { tracked: track(server), call, tls, h2 };
