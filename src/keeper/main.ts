@@ -194,8 +194,12 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmU
     return new Error(why);
   };
   const failed = (): boolean => status.phase === 'failed';
-  const backOutIfFailed = (): void => {
+  const exited = (): boolean => !apps.every((a) => a.running);
+  // fail() (a crash or a cluster refusal while gated), or an exit while
+  // unparking, which onAppExit does not count as a failure.
+  const backOutIfGone = (when: string): void => {
     if (failed()) throw backOut(status.error?.message ?? 'the release failed while going live');
+    if (exited()) throw backOut(`an app process of this release exited ${when}`);
   };
   // Until the app processes accept on the socket (and are warmed up), new
   // connections keep going where they went: steered at once, they waited
@@ -219,11 +223,8 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmU
     if (peers === 0) log(`warning: could not attach the program that keeps new connections on this release: ${(err as Error).message}`);
   }
   for (const app of apps) app.send({ rd: from === 'gated' ? 'live' : 'unpark' });
-  const exited = (): boolean => !apps.every((a) => a.running);
   if (!(await waitFor(() => allApps('live') || failed() || exited(), 10_000))) throw backOut('the app processes did not start accepting within 10 s');
-  backOutIfFailed();
-  // Unparking: an exit is no failure of the phase (onAppExit), but it must not wait out the 10 s.
-  if (exited()) throw backOut('an app process of this release exited while going live');
+  backOutIfGone('while going live');
   if (warm && warmUpPorts) {
     const started = Date.now();
     let warmedUp = false;
@@ -233,16 +234,14 @@ async function goLive(knownPids: number[], from: 'gated' | 'parked', warm: WarmU
     // An app process that dies in the warm-up ends it (its other requests
     // would wait out the warm-up's 5 s in a queue nobody accepts from).
     await waitFor(() => warmedUp || failed() || exited(), 6_000);
-    backOutIfFailed();
-    if (exited()) throw backOut('an app process of this release exited during the warm-up');
+    backOutIfGone('during the warm-up');
     const answered = await warming;
     const sent = warmUpPorts.last - warmUpPorts.first + 1;
     log(`warmed up through the port: ${answered} of ${sent} request(s) answered (${warm.count} per app process) in ${Date.now() - started} ms`);
     // An app process that died in the warm-up closed its connections before
     // its exit reaches us (SIGCHLD): give that a moment to arrive.
     if (answered < sent) await waitFor(() => failed() || exited(), 1_000);
-    backOutIfFailed();
-    if (exited()) throw backOut('an app process of this release exited during the warm-up');
+    backOutIfGone('during the warm-up');
   }
   // Every app process accepts now: every new connection comes here.
   if (peers > 0) {
@@ -766,13 +765,7 @@ async function main(): Promise<void> {
     // still serves (nobody told it to drain).
     stop: () =>
       void afterGoLive().then(() => {
-        if (status.phase === 'draining') {
-          stopAfterDrain = true; // not parked: the drain closes, then the keeper exits
-          return;
-        }
-        if (status.phase === 'parked') return stopParked();
-        if (status.phase === 'closed') return; // on its way out, letting its apps finish
-        if (status.phase !== 'live') return stopNow();
+        if (stopUnlessLive()) return;
         if (status.steering && fd >= 0) {
           const how = giveBackToPeers(fd, address, config.port, status.steering);
           log(how === 'peer' ? 'stopped after go-live: new connections go back to the release before this one' : 'warning: stopped after go-live with several older listeners on the port; steering removed, so the kernel spreads new connections over all of them, this one too, until it leaves');
@@ -840,18 +833,24 @@ function afterGoLive(): Promise<void> {
   );
 }
 
-/** SIGTERM/SIGINT (systemd, a person): a live release drains; a draining one closes (never parks); a parked one lets its apps finish; one that serves nothing just stops. */
+/**
+ * A stop (the control call, or a signal) of a release that is not live: a
+ * draining one closes rather than parks, a parked one lets its apps finish,
+ * a closed one is on its way out already, and one that serves nothing just
+ * stops. False for a live release, which the caller drains.
+ */
+function stopUnlessLive(): boolean {
+  if (status.phase === 'live') return false;
+  if (status.phase === 'draining') stopAfterDrain = true;
+  else if (status.phase === 'parked') stopParked();
+  else if (status.phase !== 'closed') stopNow();
+  return true;
+}
+
+/** SIGTERM/SIGINT (systemd, a person): a live release drains; any other stops (stopUnlessLive). */
 function onSignal(): void {
   void afterGoLive().then(() => {
-    if (status.phase === 'live') {
-      startDrain(30_000, 0, 0);
-    } else if (status.phase === 'draining') {
-      stopAfterDrain = true;
-    } else if (status.phase === 'parked') {
-      stopParked();
-    } else if (status.phase !== 'closed') {
-      stopNow();
-    }
+    if (!stopUnlessLive()) startDrain(30_000, 0, 0);
   });
 }
 
