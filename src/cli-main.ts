@@ -5,12 +5,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { cac } from 'cac';
 import { DeployError, EXIT, toDeployError, usageError } from './errors';
-import { cpuCount, deployCommand, releasesCommand, statusCommand, stopCommand, type DeployOutcome, type StatusOutcome } from './deploy/commands';
+import { cpuCount, deployCommand, releasesCommand, statusCommand, stopCommand, type DeployOutcome, type DeployPolicy, type StatusOutcome } from './deploy/commands';
 import { flagOf, parseDuration, parseEnv, parseHealthPath, parseInstances, parseKeep, parsePort, parseWarmUp, resolveHost } from './deploy/options';
 import { defaultStateDir } from './deploy/paths';
 import { createProgress, type Progress } from './deploy/progress';
 import { checkedAppName, resolveEntry } from './deploy/app';
-import { blameConfig, loadConfig } from './deploy/config';
+import { blameConfig, loadConfig, type LoadedConfig } from './deploy/config';
 import { formatReleases, formatStatus } from './deploy/format';
 import { PACKAGE_JSON } from './package-files';
 
@@ -92,19 +92,70 @@ function deploySummary(r: DeployOutcome): string {
   return `deployed ${r.app} ${r.release} on ${r.host.includes(':') ? `[${r.host}]` : r.host}:${r.port} (pid ${r.pids.join(', ')}${replaced}): healthy in ${r.msToHealthy} ms, total ${r.msTotal} ms${pruned}`;
 }
 
+/** The deploy's own settings from the flags (as merged with a config file), with their defaults. */
+function policyOf(flags: Record<string, unknown>): DeployPolicy {
+  return {
+    healthTimeoutMs: parseDuration('health-timeout', flags.healthTimeout, 30_000, false),
+    drainTimeoutMs: parseDuration('drain-timeout', flags.drainTimeout, 30_000, false),
+    handshakeGraceMs: parseDuration('handshake-grace', flags.handshakeGrace, 1_000),
+    handoff: flags.handoff !== false,
+    warmUpRequests: parseWarmUp(flags.warmUp),
+    parkMs: parseDuration('park', flags.park, 0),
+    keep: parseKeep(flags.keep),
+  };
+}
+
+/** `start` boots the live release with nothing to drain or prune. */
+function startPolicy(flags: Record<string, unknown>): DeployPolicy {
+  return { ...policyOf({ healthTimeout: flags.healthTimeout }), keep: Number.MAX_SAFE_INTEGER };
+}
+
+/**
+ * Puts the config file's values into `flags` where no flag was given, and
+ * returns the flags (cac's names) whose value the file gave. `only`: just
+ * these.
+ */
+function underFlags(flags: Record<string, unknown>, config: LoadedConfig, only?: readonly string[]): string[] {
+  const used: string[] = [];
+  for (const [key, value] of Object.entries(config.flags)) {
+    if (only && !only.includes(key)) continue;
+    if (flags[key] !== undefined) continue;
+    flags[key] = value;
+    used.push(key);
+  }
+  return used;
+}
+
+/**
+ * A kept release's deploy settings: the flags given now over the config
+ * file in its snapshot (what it was deployed with). Its run settings (env,
+ * instances, health path, node and app arguments) are recorded with the
+ * release instead (deploy/commands.ts, keptRelease).
+ */
+function policyFromConfig(flags: Record<string, unknown>, root: string): { policy: DeployPolicy; file: string | null } {
+  const config = loadConfig(root);
+  const merged = { ...flags };
+  const used = underFlags(merged, config, ['healthTimeout', 'drainTimeout', 'handshakeGrace', 'handoff', 'warmUp', 'park', 'keep']);
+  try {
+    return { policy: policyOf(merged), file: config.file };
+  } catch (err) {
+    throw blameConfig(err, config.file, used);
+  }
+}
+
 const cli = cac('reuse-deploy');
 
-cli
+const deploy = cli
   .command('[entry] [...args]', 'Deploy a new version of a Node.js server with zero downtime')
   .option('--port <port>', 'TCP port the app serves on (required)')
-  .option('--host <address>', 'Address to bind (default: :: dual-stack, as Node\'s listen(port))')
+  .option('--host <address>', 'Address to bind (default: the recorded one; for a first deploy :: dual-stack, as Node\'s listen(port))')
   .option('--name <name>', 'App name (default: nearest package.json name, else the directory name)')
   .option('--root <dir>', 'App directory (default: the directory of the nearest package.json above the entry)')
   .option('--health <path>', 'Health endpoint; needs a 2xx (default: GET / with any status below 500)')
   .option('--health-timeout <duration>', 'Time to boot, listen and pass health (default: 30s)')
   .option('--drain-timeout <duration>', 'Time the old version gets to finish its requests (default: 30s)')
   .option('--handshake-grace <duration>', 'Wait for handshakes in flight to the old listener before it closes (default: 1s)')
-  .option('--no-handoff', 'Close the old version\'s idle keep-alive connections (clients reconnect) instead of handing them to the new one')
+  .option('--no-handoff', 'Close the old version\'s idle keep-alive connections (clients reconnect) instead of handing them to the new one, as it does by default (--handoff: hand them over even if the config file says "handoff": false)')
   .option('--warm-up <n>', 'Requests of the health check sent to each new app process at go-live, before it takes traffic, to warm up its JIT (default: 0, none)')
   .option('--instances <n>', 'App processes per release, or "max" for one per CPU (default: 1)')
   .option('--env <KEY=VALUE>', 'Environment variable for the app (repeatable)')
@@ -147,16 +198,11 @@ cli
           }
         }
         let configFile: string | null = null;
-        const fromConfig: string[] = [];
+        let fromConfig: string[] = [];
         if (entry !== undefined) {
           // Defaults from the app's config file; flags given on the command line win.
           const config = loadConfig(resolveEntry(entry, flags.root === undefined ? undefined : String(flags.root)).root);
-          // (cac reports --no-handoff's default, true, when it was not given.)
-          for (const [key, value] of Object.entries(config.flags)) {
-            if (flags[key] !== undefined && !(key === 'handoff' && flags.handoff === true)) continue;
-            flags[key] = value;
-            fromConfig.push(key);
-          }
+          fromConfig = underFlags(flags, config);
           configFile = config.file;
           if (config.file) progress.info(`using settings from ${config.file}`);
         }
@@ -179,15 +225,10 @@ cli
               env: flags.env === undefined ? undefined : parseEnv(flags.env),
               args: appArgs.length > 0 || entry !== undefined ? appArgs : undefined,
               nodeArgs: list(flags.nodeArg),
-              healthTimeoutMs: parseDuration('health-timeout', flags.healthTimeout, 30_000, false),
-              drainTimeoutMs: parseDuration('drain-timeout', flags.drainTimeout, 30_000, false),
-              handshakeGraceMs: parseDuration('handshake-grace', flags.handshakeGrace, 1_000),
-              handoff: flags.handoff !== false,
-              warmUpRequests: parseWarmUp(flags.warmUp),
-              parkMs: parseDuration('park', flags.park, 0),
-              keep: parseKeep(flags.keep),
+              ...policyOf(flags),
               stateDir: stateDirOf(flags),
               wait: Boolean(flags.wait),
+              policyFromRelease: entry === undefined ? (root) => policyFromConfig(flags, root) : undefined,
             },
             progress,
           );
@@ -198,6 +239,11 @@ cli
       deploySummary,
     );
   });
+// cac gives a --no-x option the default true, and prints "(default: true)"
+// beside "--no-handoff", which reads as the opposite. Without it, handoff is
+// undefined unless --no-handoff (false) or --handoff (true) was given, so a
+// config file's "handoff" applies only when neither was.
+for (const option of deploy.options) if (option.negated) option.config.default = undefined;
 
 cli
   .command('start', 'Start the recorded live release again, e.g. after a reboot or `stop` (a no-op if it runs)')
@@ -216,15 +262,13 @@ cli
           {
             source: { kind: 'current' },
             name: nameOf(flags),
-            healthTimeoutMs: parseDuration('health-timeout', flags.healthTimeout, 30_000, false),
-            drainTimeoutMs: 30_000,
-            handshakeGraceMs: 1_000,
-            handoff: true,
-            warmUpRequests: parseWarmUp(undefined),
-            parkMs: 0,
-            keep: Number.MAX_SAFE_INTEGER,
+            ...startPolicy(flags),
             stateDir: stateDirOf(flags),
             wait: Boolean(flags.wait),
+            policyFromRelease: (root) => {
+              const { policy, file } = policyFromConfig({ healthTimeout: flags.healthTimeout }, root);
+              return { policy: { ...policy, keep: Number.MAX_SAFE_INTEGER }, file };
+            },
           },
           progress,
         ),

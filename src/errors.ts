@@ -1,6 +1,6 @@
 // Every failure the CLI reports, with a stable code and a documented exit
-// code. The README's "Exit codes" table is generated from the same list
-// (test/errors.test.ts checks that they agree).
+// code. The README's "Exit codes" table lists the same codes, written by
+// hand (test/errors.test.ts checks that they agree).
 
 export const EXIT = {
   ok: 0,
@@ -27,7 +27,7 @@ export const CATALOGUE = {
   RD_ERR_PORT_CHANGED: { exit: EXIT.usage, summary: 'The app is live on another host:port than this deploy asks for.' },
   RD_ERR_NO_STATE: { exit: EXIT.usage, summary: 'No deploy has been recorded under this app name.' },
   RD_ERR_NO_PREVIOUS: { exit: EXIT.usage, summary: '--previous was asked for, but no other release has been live.' },
-  RD_ERR_RELEASE_NOT_FOUND: { exit: EXIT.usage, summary: 'The release named with --release is not kept (see `reuse-deploy releases`).' },
+  RD_ERR_RELEASE_NOT_FOUND: { exit: EXIT.usage, summary: 'The release named with --release is not kept, or `logs` found no log for it (see `reuse-deploy releases`).' },
   RD_ERR_SNAPSHOT: { exit: EXIT.failed, summary: 'The app directory could not be copied into the release store.' },
   RD_ERR_BOOT_CRASH: { exit: EXIT.failed, summary: 'The new version exited before it took traffic (syntax error, crash on boot or while going live).' },
   RD_ERR_NEVER_LISTENED: { exit: EXIT.failed, summary: 'The new version did not listen on the deploy port in time.' },
@@ -40,7 +40,7 @@ export const CATALOGUE = {
   RD_ERR_CLUSTER: { exit: EXIT.failed, summary: 'The app serves the deploy port from node:cluster workers; run the server in the process itself and use --instances.' },
   RD_ERR_GO_LIVE: { exit: EXIT.failed, summary: 'The new version passed health but could not start accepting.' },
   RD_ERR_CANCELLED: { exit: EXIT.failed, summary: 'SIGINT, SIGTERM or SIGHUP came before the new version went live; it was stopped.' },
-  RD_ERR_KEEPER: { exit: EXIT.failed, summary: 'The instance supervisor did not start or stopped answering.' },
+  RD_ERR_KEEPER: { exit: EXIT.failed, summary: 'The instance supervisor did not start, or did not answer within 10 s of starting.' },
   RD_ERR_LOCKED: { exit: EXIT.locked, summary: 'Another reuse-deploy command is working on this app.' },
   RD_ERR_STATE_DIR: { exit: EXIT.environment, summary: 'The state directory cannot be created, written or trusted.' },
   RD_ERR_ADDON: { exit: EXIT.environment, summary: 'The native addon cannot be loaded.' },

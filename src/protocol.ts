@@ -52,7 +52,7 @@ export function isAppMessage(m: unknown): m is AppMessage {
   return typeof m === 'object' && m !== null && typeof (m as { rd?: unknown }).rd === 'string';
 }
 
-/** Everything a keeper needs, passed as JSON in REUSE_DEPLOY_KEEPER. */
+/** Everything a keeper needs: one line of JSON the CLI writes to its stdin (deploy/prestart.ts). */
 export interface KeeperConfig {
   id: string;
   app: string;

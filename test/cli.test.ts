@@ -161,6 +161,36 @@ describe('config file', () => {
     assert.match((await get(t.port, '/')).body, /^from-flag /);
   });
 
+  test('a rollback runs under the config file kept with its release; flags given then win; a kept file that no longer reads only warns', async () => {
+    const config = (drainTimeout: string): void =>
+      fs.writeFileSync(path.join(appDir, 'reuse-deploy.config.json'), JSON.stringify({ port: t.port, host: '127.0.0.1', drainTimeout, healthTimeout: '20s' }));
+    const deploy = async (args: string[], version: string): Promise<string> => {
+      const r = await runCli([...args, '--state-dir', t.stateDir]);
+      remember(t.stateDir, 'cfg');
+      assert.equal(r.code, 0, r.stderr);
+      assert.match((await get(t.port, '/')).body, new RegExp(`^${version} `));
+      return r.stderr;
+    };
+    fs.writeFileSync(path.join(appDir, 'package.json'), JSON.stringify({ name: 'cfg' }));
+    config('7s');
+    await deploy([path.join(appDir, 'server.js'), '--env', 'APP_VERSION=one'], 'one');
+    config('9s');
+    assert.match(await deploy([path.join(appDir, 'server.js'), '--env', 'APP_VERSION=two'], 'two'), /draining r1 \(up to 9 s/);
+    // Back to r1, under r1's own file, as a deploy runs under the new
+    // release's: 7 s, not the source directory's 9 s nor the default 30 s.
+    const back = await deploy(['--previous', '--name', 'cfg'], 'one');
+    assert.match(back, /using settings from .*releases\/r1\/reuse-deploy\.config\.json/);
+    assert.match(back, /draining r2 \(up to 7 s/);
+    assert.match(await deploy(['--previous', '--name', 'cfg', '--drain-timeout', '4s'], 'two'), /draining r1 \(up to 4 s/);
+    // r1's kept file turns unreadable (replaced, not written through: the snapshot's files may be shared with the store).
+    const kept = path.join(t.stateDir, 'cfg', 'releases', 'r1', 'reuse-deploy.config.json');
+    fs.rmSync(kept);
+    fs.writeFileSync(kept, '{ not json');
+    const warned = await deploy(['--release', 'r1', '--name', 'cfg'], 'one');
+    assert.match(warned, /warning: the settings kept with r1 could not be used \(.*is not valid JSON.*\); going on with the flags given and the defaults/);
+    assert.match(warned, /draining r2 \(up to 30 s/);
+  });
+
   test('a reuseDeploy key in package.json works too; unknown keys are errors', async () => {
     fs.writeFileSync(path.join(appDir, 'package.json'), JSON.stringify({ name: 'cfg', reuseDeploy: { port: t.port, host: '127.0.0.1', healthTimout: '5s' } }));
     const bad = await runCli([path.join(appDir, 'server.js'), '--state-dir', t.stateDir]);

@@ -176,7 +176,7 @@ describe('deploy and cutover', () => {
     assert.equal((await deploy('app.js', '--env', 'APP_VERSION=v1')).code, 0);
     remember(stateDir, 'app');
     // r1 keeps its listener open for this grace after r2 goes live.
-    const second = await deploy('app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '3s');
+    const second = await deploy('app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '5s');
     assert.equal(second.code, 0, second.stderr);
     const third = await deploy('app.js', '--env', 'APP_VERSION=v3');
     assert.equal(third.code, 0, third.stderr);
@@ -191,10 +191,10 @@ describe('deploy and cutover', () => {
   });
 
   test("a replaced release leaves the port's reuseport group once its apps have closed their servers, not when they exit", async () => {
-    assert.equal((await deploy('app.js', '--env', 'APP_VERSION=v1', '--env', 'SLOW_MS=4000')).code, 0);
+    assert.equal((await deploy('app.js', '--env', 'APP_VERSION=v1', '--env', 'SLOW_MS=8000')).code, 0);
     remember(stateDir, 'app');
     let slowDone = false;
-    const slow = get(port, '/slow', { timeoutMs: 10_000 }).finally(() => (slowDone = true));
+    const slow = get(port, '/slow', { timeoutMs: 15_000 }).finally(() => (slowDone = true));
     await sleep(300); // the request is in v1's app, which lives until it is answered
     const second = await deploy('app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '300ms');
     assert.equal(second.code, 0, second.stderr);
@@ -202,7 +202,7 @@ describe('deploy and cutover', () => {
     // Each app process still holds the socket it was started with (fd 4):
     // without unlisten, v1's socket stayed listening in the group, accepting
     // nothing, until its app exited.
-    await waitUntil(() => tcpListeners(port)?.length === 1, 2_500, "v1's socket to leave the port");
+    await waitUntil(() => tcpListeners(port)?.length === 1, 5_000, "v1's socket to leave the port");
     assert.equal(slowDone, false, "v1's app still serves its slow request");
     const answer = await slow;
     assert.equal(answer.status, 200);
@@ -281,7 +281,7 @@ describe('a failed deploy leaves v1 serving, untouched', () => {
 
   test('an app listening on another port is told which one', async () => {
     const other = await freePort();
-    const r = await deploy('wrong-port.js', '--env', `WRONG_PORT=${other}`, '--health-timeout', '1500ms');
+    const r = await deploy('wrong-port.js', '--env', `WRONG_PORT=${other}`, '--health-timeout', '3s');
     assert.equal(r.code, 1);
     assert.match(r.stderr, new RegExp(`listened on port ${other} instead: pass --port ${other}`));
   });

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import http2 from 'node:http2';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { Agent, request } from 'undici';
@@ -134,19 +135,20 @@ describe('drain', () => {
   });
 
   test("a handed-over connection keeps the old server's keep-alive timeout in the new process", async () => {
-    await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--env', 'KEEP_ALIVE_MS=1500');
+    // 3 s: long enough for the next deploy and its grace to hand the connection over first on a busy host.
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--env', 'KEEP_ALIVE_MS=3000');
     const s = await rawConnection();
     assert.equal((await ask(s)).body, `v1 ${s.localPort}`);
     let got = '';
     s.on('data', (d: Buffer) => (got += d.toString('latin1')));
     const closed = new Promise<number>((resolve) => s.once('close', () => resolve(Date.now())));
-    await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--env', 'KEEP_ALIVE_MS=1500', '--handshake-grace', '200ms');
+    await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--env', 'KEEP_ALIVE_MS=3000', '--handshake-grace', '200ms');
     await waitUntil(() => /handed 1 idle keep-alive connection/.test(v1Log()), 10_000, 'v1 to hand the connection over');
     const handedAt = Date.now();
     // Without a timeout of its own, Node would keep it until headersTimeout (60 s) and then write a 408.
     const closedAt = await Promise.race([closed, new Promise<number>((resolve) => setTimeout(() => resolve(-1), 10_000))]);
     assert.notEqual(closedAt, -1, 'v2 closes the idle connection');
-    assert.ok(closedAt - handedAt < 5_000, `closed ${closedAt - handedAt} ms after the hand-over`);
+    assert.ok(closedAt - handedAt < 6_000, `closed ${closedAt - handedAt} ms after the hand-over`);
     assert.equal(got, '', 'closed without a word (no 408)');
   });
 
@@ -156,10 +158,11 @@ describe('drain', () => {
     assert.equal((await ask(s)).body, `v1 ${s.localPort}`);
     let got = '';
     s.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    // Before the deploy: on Node 24 the close comes 600 ms after the hand-over, maybe before the log is seen.
+    const closed = new Promise<boolean>((resolve) => s.once('close', () => resolve(true)));
     // The common setting behind a load balancer: keepAliveTimeout above headersTimeout.
     await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--env', 'KEEP_ALIVE_MS=5000', '--env', 'HEADERS_TIMEOUT_MS=800', '--env', 'CHECK_MS=100', '--handshake-grace', '200ms');
     await waitUntil(() => /handed 1 idle keep-alive connection/.test(v1Log()), 10_000, 'v1 to hand the connection over');
-    const closed = new Promise<boolean>((resolve) => s.once('close', () => resolve(true)));
     const closedEarly = await Promise.race([closed, new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 2_000))]);
     assert.equal(got, '', 'nothing written on the idle connection (Node would send 408 to a parser it counts as active)');
     if (Number(process.versions.node.split('.')[0]) >= 24) {
@@ -283,6 +286,43 @@ describe('drain', () => {
     assert.ok(got.endsWith('v1 bye\n'), `the app ended the upgraded connection itself, after its hook's delay; got ${JSON.stringify(got)}`);
   });
 
+  test('"handoff": false in the config file closes instead of handing over; --handoff turns it back on', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rd-handoff-'));
+    try {
+      fs.copyFileSync(fixture('drain-app.js'), path.join(dir, 'server.js'));
+      fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'app' }));
+      fs.writeFileSync(path.join(dir, 'reuse-deploy.config.json'), JSON.stringify({ handoff: false, handshakeGrace: '200ms' }));
+      const deployFrom = async (...extra: string[]): Promise<void> => {
+        const r = await runCli([path.join(dir, 'server.js'), '--port', String(t.port), '--host', '127.0.0.1', '--state-dir', t.stateDir, ...extra]);
+        remember(t.stateDir, 'app');
+        assert.equal(r.code, 0, r.stderr);
+      };
+      await deployFrom('--env', 'APP_VERSION=v1');
+      const s1 = await rawConnection();
+      assert.equal((await ask(s1)).body, `v1 ${s1.localPort}`);
+      await deployFrom('--env', 'APP_VERSION=v2');
+      // Not handed over: v1 answers on until it asks the client to close.
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        const answer = await ask(s1);
+        assert.match(answer.body, /^v1 /, 'the connection was not handed to v2');
+        if (answer.connection === 'close') break;
+        assert.ok(Date.now() < deadline, 'v1 never asked the client to close');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      s1.destroy();
+      assert.doesNotMatch(v1Log(), /handed \d+ idle keep-alive/);
+      const s2 = await rawConnection();
+      assert.equal((await ask(s2)).body, `v2 ${s2.localPort}`);
+      await deployFrom('--env', 'APP_VERSION=v3', '--handoff');
+      await waitUntil(() => /handed 1 idle keep-alive connection/.test(fs.readFileSync(path.join(t.stateDir, 'app', 'logs', 'r2.log'), 'utf8')), 10_000, 'v2 to hand its connection over');
+      assert.equal((await ask(s2)).body, `v3 ${s2.localPort}`, 'the same connection now reaches v3');
+      s2.destroy();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test('with --no-handoff, keep-alive connections are asked to close in turns, not all at once', async () => {
     await deploy('drain-app.js', '--env', 'APP_VERSION=v1');
     // Six connections of their own, one request each every 20 ms.
@@ -302,12 +342,15 @@ describe('drain', () => {
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
     });
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '200ms', '--no-handoff');
-    await waitUntil(() => closedAt.filter((x) => x !== undefined).length === clients.length, 10_000, 'every v1 connection to be asked to close');
-    running = false;
-    await Promise.all(loops);
-    await Promise.all(clients.map((c) => c.close()));
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await deploy('drain-app.js', '--env', 'APP_VERSION=v2', '--handshake-grace', '200ms', '--no-handoff');
+      await waitUntil(() => closedAt.filter((x) => x !== undefined).length === clients.length, 10_000, 'every v1 connection to be asked to close');
+    } finally {
+      running = false; // also after a failure: the loops would run on and keep the test process alive
+      await Promise.all(loops);
+      await Promise.all(clients.map((c) => c.close()));
+    }
     assert.deepEqual(errors, []);
     // Connection i may be closed from i/6 of the 500 ms spread on: the last no sooner than ~417 ms after the first could be.
     assert.ok(Math.max(...closedAt) - Math.min(...closedAt) >= 100, `closes spread out (${closedAt.map((x) => x - Math.min(...closedAt)).join(', ')} ms)`);
@@ -318,7 +361,7 @@ describe('drain', () => {
       const marker = path.join(t.stateDir, 'drained.txt');
       // Busy for 300 ms after answering (timer callback): the client's next
       // request is in v1's receive queue before v1's loop next reads.
-      await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--env', 'SLOW_MS=3000', '--env', 'BUSY_AFTER_SLOW_MS=300', '--env', `DRAIN_MARKER=${marker}`);
+      await deploy('drain-app.js', '--env', 'APP_VERSION=v1', '--env', 'SLOW_MS=5000', '--env', 'BUSY_AFTER_SLOW_MS=300', '--env', `DRAIN_MARKER=${marker}`);
       const agent = new Agent({ keepAliveTimeout: 30_000, connections: 1 });
       const slow = request(`http://127.0.0.1:${t.port}/slow`, { dispatcher: agent, headersTimeout: 15_000 });
       await new Promise((resolve) => setTimeout(resolve, 300)); // the request is inside v1 now

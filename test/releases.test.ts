@@ -155,9 +155,10 @@ describe('parked rollback', () => {
     const parkedPid = parked.status.apps[0].pid;
     for (let i = 0; i < 10; i++) assert.equal(await version(), 'v2', 'a parked release takes no traffic');
 
-    const back = await cli('--previous');
+    const back = await cli('--previous', '--env', 'EXTRA=1');
     assert.equal(back.code, 0, back.stderr);
     assert.match(back.stdout, /brought parked shop r1 back/);
+    assert.match(back.stderr, /warning: r1 is parked: its processes come back as they ran, and --env given now cannot change them/);
     for (let i = 0; i < 10; i++) {
       const answer = await get(port, '/');
       assert.equal(answer.body, `v1 ${parkedPid}`, 'the very same process answers again');

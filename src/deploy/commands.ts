@@ -48,6 +48,34 @@ export interface DeployInput {
   keep: number;
   stateDir: string;
   wait: boolean;
+  /**
+   * For a kept release (--previous, --release, start): the settings above
+   * as the config file kept in the release's snapshot gives them, under the
+   * flags given now. Without it, the values above stand.
+   */
+  policyFromRelease?: (releaseRoot: string) => { policy: DeployPolicy; file: string | null };
+}
+
+/** The settings of one deploy, rather than of the release it runs. */
+export type DeployPolicy = Pick<DeployInput, 'healthTimeoutMs' | 'drainTimeoutMs' | 'handshakeGraceMs' | 'handoff' | 'warmUpRequests' | 'parkMs' | 'keep'>;
+
+/**
+ * A rollback runs under the config file its release was deployed with
+ * (its snapshot has it): a slow app's "healthTimeout": "90s" holds for
+ * `--previous` too. A file there that no longer reads (it was valid when
+ * the release was deployed, or the deploy would have failed) must not stand
+ * in the way of a rollback: the flags and defaults are used, with a warning.
+ */
+function policyOf(input: DeployInput, release: Release, progress: Progress): DeployPolicy {
+  if (!input.policyFromRelease) return input;
+  try {
+    const { policy, file } = input.policyFromRelease(release.root);
+    if (file) progress.info(`using settings from ${file}`);
+    return policy;
+  } catch (err) {
+    progress.warn(`the settings kept with ${release.id} could not be used (${(err as Error).message}); going on with the flags given and the defaults`);
+    return input;
+  }
 }
 
 export interface DeployOutcome extends CutoverResult {
@@ -174,11 +202,13 @@ export async function deployCommand(input: DeployInput, progress: Progress): Pro
 
     let release: Release;
     let stats: SnapshotStats | null = null;
+    let policy: DeployPolicy = input;
     if (resolved) {
       ({ release, stats } = newRelease(paths, state, resolved, input, progress));
       state.releases.push(release);
     } else {
       release = keptRelease(state, source, input);
+      policy = policyOf(input, release, progress);
     }
     writeState(paths.state, state);
 
@@ -189,14 +219,24 @@ export async function deployCommand(input: DeployInput, progress: Progress): Pro
       port,
       instances: release.instances,
       health: release.health,
-      healthTimeoutMs: input.healthTimeoutMs,
-      drainTimeoutMs: input.drainTimeoutMs,
-      handshakeGraceMs: input.handshakeGraceMs,
-      handoff: input.handoff,
-      warmUpRequests: input.warmUpRequests,
-      parkMs: input.parkMs,
+      healthTimeoutMs: policy.healthTimeoutMs,
+      drainTimeoutMs: policy.drainTimeoutMs,
+      handshakeGraceMs: policy.handshakeGraceMs,
+      handoff: policy.handoff,
+      warmUpRequests: policy.warmUpRequests,
+      parkMs: policy.parkMs,
     };
     if (parked) {
+      const ignored = [
+        input.env && '--env',
+        input.instances !== undefined && '--instances',
+        input.health !== undefined && '--health',
+        input.nodeArgs && '--node-arg',
+        input.args && 'app arguments',
+      ].filter((x): x is string => typeof x === 'string');
+      if (ignored.length > 0) {
+        progress.warn(`${release.id} is parked: its processes come back as they ran, and ${ignored.join(', ')} given now cannot change them. That takes a boot: \`reuse-deploy --release ${release.id}\` once its parking time is over.`);
+      }
       const result = await unpark(paths, state, parked, cutoverOptions, progress);
       return { ...result, repaired: repair.notes, snapshot: null, pruned: [], alreadyRunning: false, unparked: true };
     }
@@ -208,7 +248,7 @@ export async function deployCommand(input: DeployInput, progress: Progress): Pro
     // previous one; a failed deploy removes its release, one fewer is kept.
     const prune = (): void => {
       try {
-        pruned = pruneReleases(paths, state, input.keep);
+        pruned = pruneReleases(paths, state, policy.keep);
       } catch (err) {
         progress.warn(`could not remove old releases: ${(err as Error).message}`);
       }
