@@ -282,15 +282,19 @@ cli
   .option('--state-dir <dir>', 'State directory')
   .option('--release <id>', 'Show this release\'s log instead')
   .option('-n, --lines <n>', 'Lines to show (default: 50)')
-  .option('-f, --follow', 'Keep printing new lines until interrupted')
+  .option('-f, --follow', 'Keep printing new lines until interrupted; without --release, a deploy meanwhile moves it to the new release\'s log')
   .example('reuse-deploy logs --name hello -f')
   .action(async (flags: GlobalFlags & Record<string, unknown>) => {
     try {
       const lines = flags.lines === undefined ? 50 : Number(flags.lines);
-      if (!Number.isInteger(lines) || lines < 0) throw usageError(`--lines ${JSON.stringify(String(flags.lines))} is not a whole number.`);
-      const { logFileFor, printLogs } = require('./deploy/logs') as typeof import('./deploy/logs'); // loaded on use, like doctor
-      const file = logFileFor(stateDirOf(flags), nameOf(flags), flags.release === undefined ? undefined : String(flags.release));
-      await printLogs(file, { lines, follow: Boolean(flags.follow) }, (text) => process.stdout.write(text));
+      if (!Number.isInteger(lines) || lines < 0) throw usageError(`--lines ${JSON.stringify(String(flags.lines))} is not valid. Use a whole number of lines, e.g. -n 200.`);
+      const { liveLogFile, logFileFor, printLogs } = require('./deploy/logs') as typeof import('./deploy/logs'); // loaded on use, like doctor
+      const [stateDir, name] = [stateDirOf(flags), nameOf(flags)];
+      const release = flags.release === undefined ? undefined : String(flags.release);
+      const file = logFileFor(stateDir, name, release);
+      // Without --release, -f follows the app: a deploy meanwhile moves it to the new release's log.
+      const follow = { live: release === undefined ? () => liveLogFile(stateDir, name) : undefined, note: (text: string) => process.stderr.write(`${text}\n`) };
+      await printLogs(file, { lines, follow: Boolean(flags.follow) }, (text) => process.stdout.write(text), follow);
     } catch (err) {
       fail(flags, err);
     }

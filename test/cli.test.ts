@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import { CLI, fixture, freshAppPerTest, get, remember, runCli, runProcess, spawnInTty } from './helpers';
+import { CLI, fixture, freshAppPerTest, get, remember, runCli, runProcess, spawnInTty, waitUntil } from './helpers';
 import { EXIT } from '../src/errors';
 
 const t = freshAppPerTest();
@@ -117,6 +117,52 @@ describe('output', () => {
     remember(t.stateDir, 'app');
     assert.match(plain, /deployed app r2/);
     assert.doesNotMatch(plain, /\u001b\[3\dm/, 'no colour with NO_COLOR');
+  });
+});
+
+describe('logs', () => {
+  const logsArgs = (...extra: string[]) => ['logs', '--name', 'app', '--state-dir', t.stateDir, ...extra];
+  const deployVersion = async (version: string): Promise<void> => {
+    const r = await runCli([...deployArgs(), '--env', `APP_VERSION=${version}`]);
+    remember(t.stateDir, 'app');
+    assert.equal(r.code, 0, r.stderr);
+  };
+
+  test("the live release's last lines; -n, --release; bad values exit 2 and say what to give", async () => {
+    await deployVersion('v1');
+    await deployVersion('v2');
+    const live = await runCli(logsArgs());
+    assert.equal(live.code, 0, live.stderr);
+    assert.match(live.stdout, /\[reuse-deploy r2\/\w+\] phase live/);
+    assert.doesNotMatch(live.stdout, /\[reuse-deploy r1\//);
+    const two = await runCli(logsArgs('-n', '2'));
+    assert.equal(two.stdout.trimEnd().split('\n').length, 2);
+    assert.match((await runCli(logsArgs('--release', 'r1'))).stdout, /\[reuse-deploy r1\/\w+\] phase draining/);
+    const missing = await runCli(logsArgs('--release', 'r9'));
+    assert.equal(missing.code, EXIT.usage);
+    assert.match(missing.stderr, /There is no log for release r9 .*RD_ERR_RELEASE_NOT_FOUND/s);
+    const bad = await runCli(logsArgs('-n', 'many'));
+    assert.equal(bad.code, EXIT.usage);
+    assert.match(bad.stderr, /--lines "many" is not valid\. Use a whole number of lines/);
+  });
+
+  test('-f follows the app: after a deploy, the new live release\'s log, from its boot on', async () => {
+    await deployVersion('v1');
+    const child = spawn(process.execPath, [CLI, ...logsArgs('-f', '-n', '5')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout!.on('data', (d) => (out += d));
+    child.stderr!.on('data', (d) => (err += d));
+    try {
+      await waitUntil(() => /\[reuse-deploy r1\//.test(out), 10_000, 'the first lines of r1');
+      await deployVersion('v2');
+      await waitUntil(() => /\[reuse-deploy r2\/\w+\] phase live/.test(out), 10_000, "r2's log to follow");
+      assert.match(out, /\[reuse-deploy r2\/\w+\] bound /, "r2's log from its start");
+      assert.match(err, /--- a new release is live: following .*r2\.log ---/);
+      assert.equal(child.exitCode, null, 'still following');
+    } finally {
+      child.kill();
+    }
   });
 });
 
