@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { cac } from 'cac';
 import { DeployError, EXIT, toDeployError, usageError } from './errors';
-import { cpuCount, deployCommand, releasesCommand, statusCommand, stopCommand, type DeployOutcome, type DeployPolicy, type StatusOutcome } from './deploy/commands';
+import { cpuCount, deployCommand, releasesCommand, statusCommand, stopCommand, type DeployOutcome, type DeployPolicy, type PolicyFromRelease, type StatusOutcome } from './deploy/commands';
 import { flagOf, parseDuration, parseEnv, parseHealthPath, parseInstances, parseKeep, parsePort, parseWarmUp, resolveHost } from './deploy/options';
 import { defaultStateDir } from './deploy/paths';
 import { createProgress, type Progress } from './deploy/progress';
@@ -130,17 +130,24 @@ function underFlags(flags: Record<string, unknown>, config: LoadedConfig, only?:
  * A kept release's deploy settings: the flags given now over the config
  * file in its snapshot (what it was deployed with). Its run settings (env,
  * instances, health path, node and app arguments) are recorded with the
- * release instead (deploy/commands.ts, keptRelease).
+ * release instead (deploy/commands.ts, keptRelease). A value there that
+ * does not parse is left out, and said in `ignored`, rather than failing a
+ * rollback: it can have been valid under an older reuse-deploy, or hidden
+ * at deploy time by a flag given then. The flags are checked already.
  */
-function policyFromConfig(flags: Record<string, unknown>, root: string): { policy: DeployPolicy; file: string | null } {
+function policyFromConfig(flags: Record<string, unknown>, root: string): PolicyFromRelease {
   const config = loadConfig(root);
   const merged = { ...flags };
-  const used = underFlags(merged, config, ['healthTimeout', 'drainTimeout', 'handshakeGrace', 'handoff', 'warmUp', 'park', 'keep']);
-  try {
-    return { policy: policyOf(merged), file: config.file };
-  } catch (err) {
-    throw blameConfig(err, config.file, used);
+  const ignored: string[] = [];
+  for (const key of underFlags(merged, config, ['healthTimeout', 'drainTimeout', 'handshakeGrace', 'handoff', 'warmUp', 'park', 'keep'])) {
+    try {
+      policyOf({ ...flags, [key]: merged[key] });
+    } catch (err) {
+      ignored.push((blameConfig(err, config.file, [key]) as Error).message);
+      merged[key] = undefined;
+    }
   }
+  return { policy: policyOf(merged), file: config.file, ignored };
 }
 
 const cli = cac('reuse-deploy');
@@ -266,8 +273,8 @@ cli
             stateDir: stateDirOf(flags),
             wait: Boolean(flags.wait),
             policyFromRelease: (root) => {
-              const { policy, file } = policyFromConfig({ healthTimeout: flags.healthTimeout }, root);
-              return { policy: { ...policy, keep: Number.MAX_SAFE_INTEGER }, file };
+              const found = policyFromConfig({ healthTimeout: flags.healthTimeout }, root);
+              return { ...found, policy: { ...found.policy, keep: Number.MAX_SAFE_INTEGER } };
             },
           },
           progress,

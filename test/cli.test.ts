@@ -146,19 +146,24 @@ describe('logs', () => {
     assert.match(bad.stderr, /--lines "many" is not valid\. Use a whole number of lines/);
   });
 
-  test('-f follows the app: after a deploy, the new live release\'s log, from its boot on', async () => {
+  test('-f follows the app: after a deploy, the new live release\'s log from its boot; after a rollback, not the old release\'s whole past', async () => {
     await deployVersion('v1');
-    const child = spawn(process.execPath, [CLI, ...logsArgs('-f', '-n', '5')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const firstRun = /\[reuse-deploy (r1\/\w+)\]/.exec(fs.readFileSync(path.join(t.stateDir, 'app', 'logs', 'r1.log'), 'utf8'))![1]!;
+    const child = spawn(process.execPath, [CLI, ...logsArgs('-f', '-n', '1')], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     child.stdout!.on('data', (d) => (out += d));
     child.stderr!.on('data', (d) => (err += d));
     try {
-      await waitUntil(() => /\[reuse-deploy r1\//.test(out), 10_000, 'the first lines of r1');
+      await waitUntil(() => out.length > 0, 10_000, 'the last line of r1');
       await deployVersion('v2');
       await waitUntil(() => /\[reuse-deploy r2\/\w+\] phase live/.test(out), 10_000, "r2's log to follow");
       assert.match(out, /\[reuse-deploy r2\/\w+\] bound /, "r2's log from its start");
-      assert.match(err, /--- a new release is live: following .*r2\.log ---/);
+      assert.match(err, /--- another release is live: following .*r2\.log \(the one before goes on logging its drain in .*r1\.log\) ---/);
+      const back = await runCli(['--previous', '--name', 'app', '--state-dir', t.stateDir]);
+      assert.equal(back.code, 0, back.stderr);
+      await waitUntil(() => new RegExp(`\\[reuse-deploy r1/(?!${firstRun.slice(3)})\\w+\\] phase live`).test(out), 10_000, "r1's second run to follow");
+      assert.ok(!out.includes(`[reuse-deploy ${firstRun}] bound`), "r1's first run is not printed again");
       assert.equal(child.exitCode, null, 'still following');
     } finally {
       child.kill();
@@ -235,6 +240,13 @@ describe('config file', () => {
     const warned = await deploy(['--release', 'r1', '--name', 'cfg'], 'one');
     assert.match(warned, /warning: the settings kept with r1 could not be used \(.*is not valid JSON.*\); going on with the flags given and the defaults/);
     assert.match(warned, /draining r2 \(up to 30 s/);
+    // A value that does not parse is left out alone: the rest of the file holds.
+    const keptR2 = path.join(t.stateDir, 'cfg', 'releases', 'r2', 'reuse-deploy.config.json');
+    fs.rmSync(keptR2);
+    fs.writeFileSync(keptR2, JSON.stringify({ port: t.port, drainTimeout: '6s', keep: 'all' }));
+    const partly = await deploy(['--release', 'r2', '--name', 'cfg'], 'two');
+    assert.match(partly, /warning: --keep "all" is not valid\..*key "keep".* Left out: r2 goes on with the flag given or the default\./);
+    assert.match(partly, /draining r1 \(up to 6 s/);
   });
 
   test('a reuseDeploy key in package.json works too; unknown keys are errors', async () => {

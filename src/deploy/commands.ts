@@ -53,7 +53,14 @@ export interface DeployInput {
    * as the config file kept in the release's snapshot gives them, under the
    * flags given now. Without it, the values above stand.
    */
-  policyFromRelease?: (releaseRoot: string) => { policy: DeployPolicy; file: string | null };
+  policyFromRelease?: (releaseRoot: string) => PolicyFromRelease;
+}
+
+export interface PolicyFromRelease {
+  policy: DeployPolicy;
+  file: string | null;
+  /** Why a value of the file was left out (it does not parse). */
+  ignored: string[];
 }
 
 /** The settings of one deploy, rather than of the release it runs. */
@@ -62,15 +69,17 @@ export type DeployPolicy = Pick<DeployInput, 'healthTimeoutMs' | 'drainTimeoutMs
 /**
  * A rollback runs under the config file its release was deployed with
  * (its snapshot has it): a slow app's "healthTimeout": "90s" holds for
- * `--previous` too. A file there that no longer reads (it was valid when
- * the release was deployed, or the deploy would have failed) must not stand
- * in the way of a rollback: the flags and defaults are used, with a warning.
+ * `--previous` too. Nothing there may stand in the way of a rollback: a
+ * file that does not read at all (not JSON, or a key an older reuse-deploy
+ * took) leaves the flags and defaults, and a value that does not parse is
+ * left out alone; each with a warning.
  */
 function policyOf(input: DeployInput, release: Release, progress: Progress): DeployPolicy {
   if (!input.policyFromRelease) return input;
   try {
-    const { policy, file } = input.policyFromRelease(release.root);
+    const { policy, file, ignored } = input.policyFromRelease(release.root);
     if (file) progress.info(`using settings from ${file}`);
+    for (const why of ignored) progress.warn(`${why} Left out: ${release.id} goes on with the flag given or the default.`);
     return policy;
   } catch (err) {
     progress.warn(`the settings kept with ${release.id} could not be used (${(err as Error).message}); going on with the flags given and the defaults`);
@@ -164,6 +173,8 @@ export async function deployCommand(input: DeployInput, progress: Progress): Pro
   const name = resolved ? appName(input.name, resolved) : input.name!;
   if (!resolved && !readState(appPaths(input.stateDir, name).state)) throw noState(input.stateDir, name);
 
+  // A repair (of what a killed command left) comes before the release is
+  // known, so a rollback's drains it with the flag given or the default.
   return withApp(input.stateDir, name, { wait: input.wait, drainTimeoutMs: input.drainTimeoutMs, progress }, async ({ paths, state: found, repair }) => {
     const state = found ?? emptyState(name, input.host ?? '::', input.port ?? 0);
     const host = input.host ?? state.host;

@@ -1,5 +1,7 @@
 // `reuse-deploy logs`: the last lines of a release's log, optionally followed.
 import fs from 'node:fs';
+import path from 'node:path';
+import { StringDecoder } from 'node:string_decoder';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DeployError } from '../errors';
 import { logFileOf, logTail } from './instances';
@@ -41,24 +43,70 @@ export function liveLogFile(stateDir: string, name: string): string | null {
   }
 }
 
-/** Writes what `file` has past `offset`; returns the new offset. */
-function copyNew(file: string, offset: number, write: (text: string) => void): number {
-  let size: number;
-  try {
-    size = fs.statSync(file).size;
-  } catch {
-    return offset;
+/**
+ * Where following has got to in each log file of the app. A file that
+ * already exists when following starts is taken from its end then: a
+ * rollback to an older release shows what it logged since, not its whole
+ * past (every run of a release appends to its one file). A file that
+ * appears later, a new release's, is read from its first line: its boot.
+ */
+class Followed {
+  private readonly at = new Map<string, number>();
+  private readonly decoders = new Map<string, StringDecoder>();
+  private endsLine = true;
+
+  constructor(
+    dir: string,
+    private readonly write: (text: string) => void,
+  ) {
+    let names: string[] = [];
+    try {
+      names = fs.readdirSync(dir);
+    } catch {
+      // none yet
+    }
+    for (const name of names) {
+      try {
+        this.at.set(path.join(dir, name), fs.statSync(path.join(dir, name)).size);
+      } catch {
+        // gone meanwhile
+      }
+    }
   }
-  if (size < offset) offset = 0; // rotated (copy-and-truncate)
-  if (size === offset) return offset;
-  const fd = fs.openSync(file, 'r');
-  try {
-    const buf = Buffer.alloc(size - offset);
-    const n = fs.readSync(fd, buf, 0, buf.length, offset);
-    write(buf.subarray(0, n).toString('utf8'));
-    return offset + n;
-  } finally {
-    fs.closeSync(fd);
+
+  /** Writes what `file` has gained since it was last read. */
+  copy(file: string): void {
+    let size: number;
+    try {
+      size = fs.statSync(file).size;
+    } catch {
+      return;
+    }
+    let offset = this.at.get(file) ?? 0;
+    if (size < offset) offset = 0; // rotated (copy-and-truncate)
+    if (size === offset) return;
+    const fd = fs.openSync(file, 'r');
+    try {
+      const buf = Buffer.alloc(size - offset);
+      const n = fs.readSync(fd, buf, 0, buf.length, offset);
+      this.at.set(file, offset + n);
+      // A read may end inside a UTF-8 character: the decoder keeps its first bytes for the next.
+      let decoder = this.decoders.get(file);
+      if (!decoder) this.decoders.set(file, (decoder = new StringDecoder('utf8')));
+      const text = decoder.write(buf.subarray(0, n));
+      if (text) {
+        this.write(text);
+        this.endsLine = text.endsWith('\n');
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  /** Ends a line cut short, so that another file's first line does not run on from it. */
+  endLine(): void {
+    if (!this.endsLine) this.write('\n');
+    this.endsLine = true;
   }
 }
 
@@ -73,17 +121,16 @@ export async function printLogs(file: string, options: LogsOptions, write: (text
   const tail = logTail(file, 0, options.lines);
   if (tail) write(`${tail}\n`);
   if (!options.follow) return;
-  let offset = fs.statSync(file).size;
+  const followed = new Followed(path.dirname(file), write);
   for (let tick = 1; ; tick++) {
     await sleep(250);
-    offset = copyNew(file, offset, write);
+    followed.copy(file);
     if (!follow?.live || tick % 4 !== 0) continue;
     const next = follow.live();
     if (!next || next === file) continue;
-    // The old release's last lines (its drain goes on in that file), then the new one's from its start: its boot.
-    copyNew(file, offset, write);
-    follow.note(`--- a new release is live: following ${next} ---`);
+    followed.endLine();
+    follow.note(`--- another release is live: following ${next} (the one before goes on logging its drain in ${file}) ---`);
     file = next;
-    offset = copyNew(file, 0, write);
+    followed.copy(file);
   }
 }
