@@ -85,7 +85,12 @@ class Followed {
     let offset = this.at.get(file) ?? 0;
     if (size < offset) offset = 0; // rotated (copy-and-truncate)
     if (size === offset) return;
-    const fd = fs.openSync(file, 'r');
+    let fd: number;
+    try {
+      fd = fs.openSync(file, 'r');
+    } catch {
+      return; // removed since the stat: nothing more to read there
+    }
     try {
       const buf = Buffer.alloc(size - offset);
       const n = fs.readSync(fd, buf, 0, buf.length, offset);
