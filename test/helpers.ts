@@ -75,11 +75,31 @@ export function tempStateDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'rd-'));
 }
 
+/**
+ * A port free on 127.0.0.1 now, from 10000-19999: below the ephemeral range
+ * (net.ipv4.ip_local_port_range, 32768-60999 by default), so that no
+ * outgoing connection of the host picks it as its local port before the
+ * test binds it (a connected socket's port refuses a bind, which would
+ * fail the deploy with RD_ERR_PORT_TAKEN), and below the warm-up's source
+ * ports (20000-30000, src/keeper/warm-up.ts). Falls back to a port the
+ * kernel picks.
+ */
 export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as net.AddressInfo).port;
-  await new Promise((resolve) => server.close(resolve));
+  const tryListen = (port: number): Promise<number | null> =>
+    new Promise((resolve) => {
+      const server = net.createServer();
+      server.once('error', () => resolve(null));
+      server.listen(port, '127.0.0.1', () => {
+        const got = (server.address() as net.AddressInfo).port;
+        server.close(() => resolve(got));
+      });
+    });
+  for (let i = 0; i < 50; i++) {
+    const port = await tryListen(10_000 + Math.floor(Math.random() * 10_000));
+    if (port !== null) return port;
+  }
+  const port = await tryListen(0);
+  if (port === null) throw new Error('no free port on 127.0.0.1');
   return port;
 }
 
