@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import { CLI, fixture, freshAppPerTest, get, remember, runCli, runProcess, spawnInTty, waitUntil } from './helpers';
+import { CLI, fixture, freshAppPerTest, get, isAlive, readAppState, remember, runCli, runProcess, spawnInTty, waitUntil } from './helpers';
 import { EXIT } from '../src/errors';
 
 const t = freshAppPerTest();
@@ -184,6 +184,33 @@ describe('as a command', () => {
     assert.equal((await get(t.port, '/env/REUSE_DEPLOY_CARRIED_CA_CERTS')).body, '(unset)');
     const plain = await runProcess(CLI, ['--version'], { env: { ...process.env, NODE_EXTRA_CA_CERTS: undefined } });
     assert.equal(plain.code, 0, plain.stderr);
+  });
+
+  test("run from a CI job, the release's processes do not carry the variables by which the runner kills the job's leftovers", async () => {
+    // What a GitHub Actions or Azure Pipelines runner does when a job ends:
+    // every process whose environment holds the job's value is killed.
+    const job = `github_${process.pid}_${Date.now()}`;
+    const carrying = (): number[] =>
+      fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d)).map(Number).filter((pid) => {
+        try {
+          return fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(`RUNNER_TRACKING_ID=${job}`);
+        } catch {
+          return false; // gone, or not ours
+        }
+      });
+    const ciEnv = { RUNNER_TRACKING_ID: job, VSTS_PROCESS_LOOKUP_ID: 'vsts_1', JENKINS_NODE_COOKIE: 'c1', JENKINS_SERVER_COOKIE: 'c2', HUDSON_SERVER_COOKIE: 'c2', BUILD_ID: '42', RD_TEST_KEPT: 'kept' };
+    const r = await runProcess(CLI, deployArgs(), { env: { ...process.env, CI: 'true', ...ciEnv } });
+    remember(t.stateDir, 'app');
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /r1's processes start without RUNNER_TRACKING_ID and VSTS_PROCESS_LOOKUP_ID and JENKINS_NODE_COOKIE and JENKINS_SERVER_COOKIE and HUDSON_SERVER_COOKIE, by which the CI runner would stop them when this job ends/);
+    for (const name of ['RUNNER_TRACKING_ID', 'VSTS_PROCESS_LOOKUP_ID', 'JENKINS_NODE_COOKIE', 'JENKINS_SERVER_COOKIE', 'HUDSON_SERVER_COOKIE']) {
+      assert.equal((await get(t.port, `/env/${name}`)).body, '(unset)', name);
+    }
+    assert.equal((await get(t.port, '/env/BUILD_ID')).body, '42', 'a build variable apps may read stays');
+    assert.equal((await get(t.port, '/env/RD_TEST_KEPT')).body, 'kept');
+    const keeper = readAppState(t.stateDir, 'app')!.instances[0]!.keeperPid;
+    assert.ok(isAlive(keeper));
+    assert.deepEqual(carrying(), [], 'no process left by the deploy carries the job\'s tracking id');
   });
 });
 

@@ -26,6 +26,7 @@ import { handoffSocketPath, probeSocketPath, type KeeperStatus } from '../protoc
 import { isHealthy, probe, type HealthRule, type ProbeResult } from './health';
 import { keeperDrain, keeperLive, keeperUnpark, keeperWait, tryKeeperStatus } from './keeper-client';
 import { logTail, spawnKeeper, stopInstance, waitForKeeper, type Spawned } from './instances';
+import { ciReaperEnvPresent } from './prestart';
 import type { AppPaths } from './paths';
 import type { Progress } from './progress';
 import { liveInstance, writeState, type AppState, type Instance, type Release } from './state';
@@ -245,6 +246,8 @@ export async function cutover(
   const old = liveInstance(state);
 
   progress.phase(`starting ${options.app} ${release.id}`);
+  const untracked = ciReaperEnvPresent();
+  if (untracked.length) progress.info(`${release.id}'s processes start without ${untracked.join(' and ')}, by which the CI runner would stop them when this job ends`);
   const spawned = spawnKeeper(paths, release, {
     app: options.app,
     host: options.host,

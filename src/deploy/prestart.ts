@@ -30,6 +30,28 @@ const NO_RELEASE = new Set(['status', 'stop', 'logs', 'releases', 'doctor', '--h
  */
 const APP_ONLY_ENV = ['NODE_EXTRA_CA_CERTS', 'NODE_OPTIONS'];
 
+/**
+ * Variables by which CI runners find the processes a job left behind, to
+ * kill them when the job ends: every process whose environment holds the
+ * job's value. A release started from a job on the host it deploys to must
+ * outlive the job, so its keeper and app processes start without them.
+ * - RUNNER_TRACKING_ID: GitHub Actions self-hosted runners ("Cleaning up
+ *   orphan processes", Runner.Worker's JobExtension);
+ * - VSTS_PROCESS_LOOKUP_ID: Azure Pipelines agents (the same cleanup);
+ * - JENKINS_NODE_COOKIE: Jenkins Pipeline steps; JENKINS_SERVER_COOKIE and
+ *   HUDSON_SERVER_COOKIE: Jenkins freestyle builds. Jenkins' ProcessTree
+ *   kills a process only when every one of a build's characteristic
+ *   variables matches (hasMatchingEnvVars), so leaving out the cookie is
+ *   enough and BUILD_ID, which apps may read, stays.
+ * An `--env` that sets one of them puts it back: that is asked for.
+ */
+export const CI_REAPER_ENV = ['RUNNER_TRACKING_ID', 'VSTS_PROCESS_LOOKUP_ID', 'JENKINS_NODE_COOKIE', 'JENKINS_SERVER_COOKIE', 'HUDSON_SERVER_COOKIE'];
+
+/** The CI runner variables of this command's environment that the release's processes start without. */
+export function ciReaperEnvPresent(): string[] {
+  return CI_REAPER_ENV.filter((name) => process.env[name] !== undefined);
+}
+
 /** What the keeper's environment leaves out and the app's must put back. */
 export function appOnlyEnv(): Record<string, string> {
   const out: Record<string, string> = {};
@@ -39,7 +61,7 @@ export function appOnlyEnv(): Record<string, string> {
 
 function startKeeper(): ChildProcess {
   const env = { ...process.env };
-  for (const name of APP_ONLY_ENV) delete env[name];
+  for (const name of [...APP_ONLY_ENV, ...CI_REAPER_ENV]) delete env[name];
   const child = spawn(process.execPath, [KEEPER_MAIN], {
     cwd: '/', // it must not keep any app directory busy; every path it gets is absolute
     detached: true, // setsid: outlives the CLI, and is not hit by its terminal's signals
