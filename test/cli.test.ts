@@ -202,7 +202,7 @@ describe('as a command', () => {
     const r = await runProcess(CLI, deployArgs(), { env: { ...process.env, CI: 'true', ...ciEnv } });
     remember(t.stateDir, 'app');
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stderr, /r1's processes start without RUNNER_TRACKING_ID and VSTS_PROCESS_LOOKUP_ID and JENKINS_NODE_COOKIE and JENKINS_SERVER_COOKIE and HUDSON_SERVER_COOKIE, by which the CI runner would stop them when this job ends/);
+    assert.match(r.stderr, /r1's processes start without RUNNER_TRACKING_ID, VSTS_PROCESS_LOOKUP_ID, JENKINS_NODE_COOKIE, JENKINS_SERVER_COOKIE, HUDSON_SERVER_COOKIE: the CI runner would stop them by these when this job ends/);
     for (const name of ['RUNNER_TRACKING_ID', 'VSTS_PROCESS_LOOKUP_ID', 'JENKINS_NODE_COOKIE', 'JENKINS_SERVER_COOKIE', 'HUDSON_SERVER_COOKIE']) {
       assert.equal((await get(t.port, `/env/${name}`)).body, '(unset)', name);
     }

@@ -247,7 +247,7 @@ export async function cutover(
 
   progress.phase(`starting ${options.app} ${release.id}`);
   const untracked = ciReaperEnvPresent();
-  if (untracked.length) progress.info(`${release.id}'s processes start without ${untracked.join(' and ')}, by which the CI runner would stop them when this job ends`);
+  if (untracked.length) progress.info(`${release.id}'s processes start without ${untracked.join(', ')}: the CI runner would stop them by ${untracked.length > 1 ? 'these' : 'it'} when this job ends`);
   const spawned = spawnKeeper(paths, release, {
     app: options.app,
     host: options.host,
