@@ -25,6 +25,7 @@ export const CATALOGUE = {
   RD_ERR_USAGE: { exit: EXIT.usage, summary: 'A flag or argument has an invalid value.' },
   RD_ERR_ENTRY_NOT_FOUND: { exit: EXIT.usage, summary: 'The entry file does not exist or is not a file.' },
   RD_ERR_PORT_CHANGED: { exit: EXIT.usage, summary: 'The app is live on another host:port than this deploy asks for.' },
+  RD_ERR_OTHER_APP: { exit: EXIT.usage, summary: 'The port is served by a release of another app name or state directory; deploy under that one, or stop it.' },
   RD_ERR_NO_STATE: { exit: EXIT.usage, summary: 'No deploy has been recorded under this app name.' },
   RD_ERR_NO_PREVIOUS: { exit: EXIT.usage, summary: '--previous was asked for, but no other release has been live.' },
   RD_ERR_RELEASE_NOT_FOUND: { exit: EXIT.usage, summary: 'The release named with --release is not kept, or `logs` found no log for it (see `reuse-deploy releases`).' },

@@ -264,6 +264,35 @@ describe('errors with v1 serving: the code, the exit code, and v1 untouched', ()
     await v1.untouched();
   });
 
+  test('RD_ERR_OTHER_APP: a deploy under another --name, or another state directory, than the release serving the port', async () => {
+    const escape = (s: string): string => s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+    const message = new RegExp(
+      `Port ${v1.port} is served by "app" r1 \\(keeper pid ${v1.keeper}\\) of the state directory .*` +
+        escape(`reuse-deploy stop --name app --state-dir ${fs.realpathSync(v1.stateDir)}.`),
+    );
+    const otherDir = tempStateDir();
+    try {
+      await expectBoth([fixture('app.js'), '--port', String(v1.port), '--host', '127.0.0.1', '--name', 'renamed', '--state-dir', v1.stateDir], 'RD_ERR_OTHER_APP', { message });
+      await expectBoth([fixture('app.js'), '--port', String(v1.port), '--host', '127.0.0.1', '--name', 'app', '--state-dir', otherDir], 'RD_ERR_OTHER_APP', { message });
+      for (const [dir, name] of [[v1.stateDir, 'renamed'], [otherDir, 'app']] as const) {
+        const state = readAppState(dir, name) as { instances: unknown[]; releases: unknown[] } | null;
+        assert.equal(state?.instances.length ?? 0, 0, `nothing started for ${name} in ${dir}`);
+        assert.equal(state?.releases.length ?? 0, 0, `no release snapshotted for ${name} in ${dir}`);
+      }
+    } finally {
+      // Only after a failure would anything run there (v1 is not under either).
+      for (const pid of [...processesUnder(otherDir), ...processesUnder(path.join(v1.stateDir, 'renamed'))]) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // gone
+        }
+      }
+      fs.rmSync(otherDir, { recursive: true, force: true });
+    }
+    await v1.untouched();
+  });
+
   test('RD_ERR_NO_STATE: status and stop of an unknown app', async () => {
     await expectBoth(['status', '--name', 'nope', '--state-dir', v1.stateDir], 'RD_ERR_NO_STATE', { message: /No app named "nope" has been deployed/ });
     await expectBoth(['stop', '--name', 'nope', '--state-dir', v1.stateDir], 'RD_ERR_NO_STATE', { message: /No app named "nope"/ });

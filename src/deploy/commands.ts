@@ -10,7 +10,7 @@ import type { KeeperStatus } from '../protocol';
 import { appName, resolveEntry, withApp, type ResolvedEntry } from './app';
 import { cutover, unpark, type CutoverResult } from './cutover';
 import { keeperDrain, keeperStop, tryKeeperStatus } from './keeper-client';
-import { killKeeperGroup, logFileOf, logTail, waitGone } from './instances';
+import { killKeeperGroup, logFileOf, logTail, otherReleasesOn, waitGone } from './instances';
 import { tryLock } from './lock';
 import { appPaths, type AppPaths } from './paths';
 import { repairState } from './repair';
@@ -209,6 +209,17 @@ export async function deployCommand(input: DeployInput, progress: Progress): Pro
         alreadyRunning: true,
         unparked: false,
       };
+    }
+
+    const other = otherReleasesOn(host, port, state.instances, input.stateDir, name)[0];
+    if (other) {
+      const its = `--name ${other.app} --state-dir ${other.stateDir}`;
+      throw new DeployError(
+        'RD_ERR_OTHER_APP',
+        `Port ${port} is served by "${other.app}" ${other.release} (keeper pid ${other.pid}) of the state directory ${other.stateDir}, which this command ` +
+          `("${name}" in ${input.stateDir}) does not know: nothing would ever drain it, and the two would share the port. ` +
+          `Deploy it under its own name and state directory (${its}), or stop it first: reuse-deploy stop ${its}.`,
+      );
     }
 
     let release: Release;

@@ -9,6 +9,7 @@ import { keeperStop, tryKeeperStatus } from './keeper-client';
 import { checkSocketPath, type AppPaths } from './paths';
 import { KEEPER_MAIN, PRELOAD } from '../package-files';
 import { appOnlyEnv, takeKeeper } from './prestart';
+import { groupMembers as listenerGroup, socketInodesOf } from '../sys/proc-net';
 import type { Instance, Release } from './state';
 
 export interface Spawned {
@@ -139,6 +140,55 @@ export function isKeeper(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+export interface OtherRelease {
+  pid: number;
+  stateDir: string;
+  app: string;
+  release: string;
+}
+
+/**
+ * Releases of another app, or of another state directory, that serve
+ * host:port: keepers (of any reuse-deploy install) holding a socket of the
+ * port's reuseport group. A keeper's fd 1 is its release's log,
+ * <state dir>/<app>/logs/<release>.log (src/keeper/main.ts, redirectOutput),
+ * which names them. Such a release shares the port with this app's and
+ * nothing of this app would ever drain it: a lost or changed state
+ * directory (HOME, XDG_STATE_HOME, REUSE_DEPLOY_HOME differing between CI
+ * jobs) or a changed --name. Every process is looked at only when the
+ * group has more sockets than this app has running keepers.
+ */
+export function otherReleasesOn(host: string, port: number, known: Instance[], stateDir: string, app: string): OtherRelease[] {
+  const group = new Set(listenerGroup(host, port).map((l) => l.inode));
+  const knownPids = new Set(known.filter((i) => isAlive(i.keeperPid)).map((i) => i.keeperPid));
+  if (group.size <= knownPids.size) return [];
+  let ownDir: string;
+  try {
+    ownDir = fs.realpathSync(stateDir);
+  } catch {
+    ownDir = path.resolve(stateDir);
+  }
+  const keeperScript = path.join(path.sep, 'dist', 'src', 'keeper', 'main.js');
+  const others: OtherRelease[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry) || knownPids.has(Number(entry))) continue;
+    const pid = Number(entry);
+    let log: string;
+    try {
+      if (!fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').some((arg) => arg.endsWith(keeperScript))) continue;
+      if (![...socketInodesOf(pid)].some((inode) => group.has(inode))) continue;
+      log = fs.readlinkSync(`/proc/${pid}/fd/1`);
+    } catch {
+      continue; // gone meanwhile, or not this user's
+    }
+    const m = /^(.+)\/([^/]+)\/logs\/([^/]+)\.log$/.exec(log);
+    if (!m) continue;
+    if (m[1] === ownDir && m[2] === app) continue; // this app's own, e.g. a release still draining
+    others.push({ pid, stateDir: m[1]!, app: m[2]!, release: m[3]! });
+  }
+  return others;
 }
 
 /** Waits until the keeper answers on its control socket, or fails if it exits first. */
