@@ -2,12 +2,13 @@
 // loops, stop/start, and several app processes per release.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { tcpListeners } from '../src/native';
 import { SERVING_SLICE_NS } from '../src/protocol';
-import { fixture, freshAppPerTest, get, hasCustomSlices, isAlive, processGroup, readAppState, remember, runCli, sliceOf, waitUntil } from './helpers';
+import { fixture, freshAppPerTest, get, hasCustomSlices, isAlive, processGroup, readAppState, remember, ROOT, runCli, runProcess, sliceOf, waitUntil } from './helpers';
 
 const t = freshAppPerTest();
 
@@ -56,6 +57,34 @@ describe('supervision', () => {
     assert.equal(after!.restarts, 1);
     assert.ok(pids.has(String(after!.pid)), 'the new process answered');
     if (hasCustomSlices) assert.equal(sliceOf(after!.pid!), SERVING_SLICE_NS, 'the restarted process serves on the short time slice too');
+  });
+
+  test("a crashed app process starts again after the reuse-deploy that deployed it is deleted (npm ci, a cleaned CI workspace)", async () => {
+    // An install of the package of its own: what `npm pack` ships, less what the CLI does not load.
+    const install = fs.mkdtempSync(path.join(os.tmpdir(), 'rd-install-'));
+    try {
+      for (const part of ['package.json', 'binding.gyp', 'prebuilds', path.join('dist', 'src')]) {
+        fs.cpSync(path.join(ROOT, part), path.join(install, part), { recursive: true });
+      }
+      if (fs.existsSync(path.join(ROOT, 'build', 'Release'))) fs.cpSync(path.join(ROOT, 'build', 'Release'), path.join(install, 'build', 'Release'), { recursive: true });
+      const d = await runProcess(process.execPath, [path.join(install, 'dist', 'src', 'cli.js'), fixture('app.js'), ...common()], {
+        env: { ...process.env, REUSE_DEPLOY_RESTART_DELAY_MS: '100' },
+      });
+      remember(t.stateDir, 'app');
+      assert.equal(d.code, 0, d.stderr);
+      const [before] = await appStatuses();
+      const cmdline = fs.readFileSync(`/proc/${before!.pid}/cmdline`, 'utf8').split('\0');
+      const preload = cmdline[cmdline.indexOf('--require') + 1]!;
+      assert.ok(preload.startsWith(path.join(fs.realpathSync(t.stateDir), 'app', 'store', 'runtime') + path.sep), `the app loads the runtime from the state dir: ${preload}`);
+      fs.rmSync(install, { recursive: true, force: true });
+      process.kill(before!.pid!, 'SIGKILL');
+      await waitUntil(async () => (await appStatuses())[0]?.state === 'live', 10_000, 'the app process to start again');
+      const [after] = await appStatuses();
+      assert.equal(after!.restarts, 1);
+      assert.match((await get(t.port, '/')).body, new RegExp(` ${after!.pid}$`), 'the new process answers');
+    } finally {
+      fs.rmSync(install, { recursive: true, force: true });
+    }
   });
 
   test('a release replaced with --park while its app process restarts after a crash: that process is stopped, and the release does not park', async () => {

@@ -7,8 +7,9 @@ import { DeployError } from '../errors';
 import { handoffSocketPath, type KeeperConfig, type KeeperStatus } from '../protocol';
 import { keeperStop, tryKeeperStatus } from './keeper-client';
 import { checkSocketPath, type AppPaths } from './paths';
-import { KEEPER_MAIN, PRELOAD } from '../package-files';
+import { KEEPER_MAIN } from '../package-files';
 import { appOnlyEnv, takeKeeper } from './prestart';
+import { runtimePreload } from './runtime-copy';
 import { groupMembers as listenerGroup, socketInodesOf } from '../sys/proc-net';
 import type { Instance, Release } from './state';
 
@@ -55,7 +56,7 @@ export function spawnKeeper(paths: AppPaths, release: Release, options: SpawnOpt
     controlSocket,
     probeSocketPrefix,
     gateTimeoutMs: options.gateTimeoutMs,
-    preload: PRELOAD,
+    preload: runtimePreload(paths),
     logFile,
   };
   const logFd = fs.openSync(logFile, 'a', 0o600);
