@@ -1,5 +1,6 @@
 // Releases: snapshots that survive rebuilds, rollback, redeploy, pruning.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -235,5 +236,37 @@ describe('snapshots', () => {
     const freed = collectGarbage(store, [path.join(stateDir, 'r2')]);
     assert.equal(freed, 'module.exports = "v1";\n'.length, 'only r1\'s own version.js is freed');
     assert.equal(fs.readFileSync(path.join(stateDir, 'r2', 'server.js'), 'utf8'), fs.readFileSync(path.join(appDir, 'server.js'), 'utf8'));
+  });
+
+  test("npm workspaces: a node_modules whose links lead out of it is laid out in the release, so they reach the release's own packages", () => {
+    // --root at the repository root: apps/web requires @acme/lib, which npm links to packages/lib.
+    const repo = fs.mkdtempSync(path.join(os.tmpdir(), 'rd-ws-'));
+    try {
+      const write = (rel: string, text: string): void => {
+        fs.mkdirSync(path.dirname(path.join(repo, rel)), { recursive: true });
+        fs.writeFileSync(path.join(repo, rel), text);
+      };
+      write('package.json', JSON.stringify({ name: 'acme', private: true, workspaces: ['apps/*', 'packages/*'] }));
+      write('packages/lib/package.json', JSON.stringify({ name: '@acme/lib', main: 'index.js' }));
+      write('packages/lib/index.js', 'module.exports = `lib at ${__dirname}`;\n');
+      write('apps/web/package.json', JSON.stringify({ name: 'web' }));
+      write('node_modules/left-pad/package.json', JSON.stringify({ name: 'left-pad', main: 'index.js' }));
+      write('node_modules/left-pad/index.js', 'module.exports = 1;\n');
+      fs.mkdirSync(path.join(repo, 'node_modules', '@acme'));
+      fs.symlinkSync('../../packages/lib', path.join(repo, 'node_modules', '@acme', 'lib'));
+      const store = path.join(stateDir, 'store');
+      const release = path.join(stateDir, 'r1');
+      snapshot(repo, release, store);
+      assert.ok(!fs.lstatSync(path.join(release, 'node_modules')).isSymbolicLink(), 'node_modules is laid out in the release');
+      const loaded = spawnSync(process.execPath, ['-p', "require('@acme/lib')"], { cwd: path.join(release, 'apps', 'web'), encoding: 'utf8' });
+      assert.equal(loaded.stdout.trim(), `lib at ${fs.realpathSync(path.join(release, 'packages', 'lib'))}`, loaded.stderr);
+
+      // Without such links, node_modules stays one shared tree in the store.
+      fs.rmSync(path.join(repo, 'node_modules', '@acme'), { recursive: true });
+      snapshot(repo, path.join(stateDir, 'r2'), store);
+      assert.ok(fs.readlinkSync(path.join(stateDir, 'r2', 'node_modules')).startsWith(path.join(store, 'trees')));
+    } finally {
+      fs.rmSync(repo, { recursive: true, force: true });
+    }
   });
 });

@@ -174,9 +174,35 @@ export function snapshot(root: string, releaseDir: string, storeDir: string, opt
     }
   };
 
+  const materialize = (entries: TreeEntry[], into: string): void => {
+    fs.mkdirSync(into, { recursive: true, mode: 0o755 });
+    for (const e of entries) {
+      const out = path.join(into, e.rel);
+      if (e.kind === 'dir') fs.mkdirSync(out, { mode: 0o755 });
+      else if (e.kind === 'link') fs.symlinkSync(e.ref, out);
+      else linkFile(e.ref, e.src, e.size, out);
+    }
+  };
+
   const linkModules = (relPath: string, dest: string): void => {
     const entries: TreeEntry[] = [];
     scan(relPath, '', entries);
+    // npm workspaces link their packages into node_modules with relative
+    // links out of it (node_modules/@acme/lib -> ../../packages/lib). From a
+    // shared tree in the store those would point into the store; such a
+    // node_modules is laid out in the release itself, where they resolve to
+    // the release's own copy of the packages.
+    const modulesDir = path.join(root, relPath);
+    const leaves = entries.some((e) => {
+      if (e.kind !== 'link' || path.isAbsolute(e.ref)) return false;
+      const target = path.resolve(path.dirname(path.join(modulesDir, e.rel)), e.ref);
+      const rel = path.relative(modulesDir, target);
+      return rel === '..' || rel.startsWith(`..${path.sep}`);
+    });
+    if (leaves) {
+      materialize(entries, dest);
+      return;
+    }
     const hash = createHash('sha256');
     for (const e of entries) hash.update(`${e.kind}\0${e.rel}\0${e.ref}\n`);
     const treeRoot = path.join(storeDir, 'trees', hash.digest('hex'));
@@ -184,14 +210,7 @@ export function snapshot(root: string, releaseDir: string, storeDir: string, opt
     if (!fs.existsSync(tree)) {
       const tmp = `${treeRoot}.${process.pid}.tmp`;
       fs.rmSync(tmp, { recursive: true, force: true });
-      const tmpTree = path.join(tmp, 'node_modules');
-      fs.mkdirSync(tmpTree, { recursive: true, mode: 0o755 });
-      for (const e of entries) {
-        const out = path.join(tmpTree, e.rel);
-        if (e.kind === 'dir') fs.mkdirSync(out, { mode: 0o755 });
-        else if (e.kind === 'link') fs.symlinkSync(e.ref, out);
-        else linkFile(e.ref, e.src, e.size, out);
-      }
+      materialize(entries, path.join(tmp, 'node_modules'));
       fs.renameSync(tmp, treeRoot);
     }
     fs.symlinkSync(tree, dest);
