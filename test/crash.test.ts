@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import { afterEach, beforeEach, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { tryKeeperStatus } from '../src/deploy/keeper-client';
 import { listenersOn } from '../src/sys/proc-net';
 import { CLI, cleanup, fixture, freePort, get, isAlive, processGroup, processesUnder, readAppState, remember, requestLoop, runCli, tempStateDir, waitUntil, type CliResult } from './helpers';
@@ -284,6 +285,32 @@ describe('kill -9 of a deploy, then the next command repairs', () => {
       await assertOneLive('r2', 'v2', before);
     },
   );
+
+  test('kill -9 of a stop while the release drains: start takes it for leaving, not running, and brings the release up again', async () => {
+    const r = await runCli(deployArgs('app.js', '--env', 'APP_VERSION=v1', '--env', 'SLOW_MS=5000'));
+    assert.equal(r.code, 0, r.stderr);
+    remember(stateDir, 'app');
+    const [v1] = instances();
+    const oldPids = processGroup(v1!.keeperPid);
+    const slow = get(port, '/slow', { timeoutMs: 15_000 });
+    await sleep(200); // the request is in the app
+    const stop = spawn(process.execPath, [CLI, 'stop', '--name', 'app', '--state-dir', stateDir, '--drain-timeout', '20s'], { stdio: 'ignore' });
+    clis.push(stop);
+    await waitUntil(async () => ['draining', 'closed'].includes((await tryKeeperStatus(v1!.controlSocket, 1_000))?.phase ?? ''), 5_000, 'the release to drain');
+    stop.kill('SIGKILL');
+    const start = await runCli(['start', '--name', 'app', '--state-dir', stateDir]);
+    assert.equal(start.code, 0, start.stderr);
+    assert.doesNotMatch(start.stdout, /already running/);
+    assert.match(start.stderr, new RegExp(`instance ${v1!.id} \\(r1\\) was recorded as live but is leaving the port; it is now recorded as draining`));
+    assert.equal((await slow).body, 'v1 slow', 'the request in flight is answered');
+    await waitUntil(() => !isAlive(v1!.keeperPid), 15_000, 'the stopped keeper to exit');
+    const answer = await get(port, '/');
+    assert.equal(answer.status, 200);
+    assert.ok(!oldPids.includes(Number(answer.body.split(' ')[1])), `a new process serves: ${answer.body}`);
+    const live = instances().filter((i) => i.role === 'live');
+    assert.deepEqual(live.map((i) => i.release), ['r1']);
+    assert.notEqual(live[0]!.id, v1!.id, 'a new instance of r1');
+  });
 
   test('during drain: stop stops both releases', async () => {
     await deployV1();

@@ -47,6 +47,13 @@ export async function repairState(stateFile: string, state: AppState, drainTimeo
       instance.role = 'draining';
       notes.push(`instance ${instance.id} (${instance.release}) was recorded as replaced but still listened; draining it`);
     }
+    if (instance.role === 'live' && (status.phase === 'draining' || status.phase === 'closed' || status.phase === 'parked')) {
+      // A stop (or a deploy that parks) told it to leave and died before
+      // recording that: it goes on leaving, so it no longer counts as live
+      // (`start` would otherwise find it "already running" while it exits).
+      instance.role = status.phase === 'parked' ? 'parked' : 'draining';
+      notes.push(`instance ${instance.id} (${instance.release}) was recorded as live but is ${status.phase === 'parked' ? 'parked' : 'leaving the port'}; it is now recorded as ${instance.role}`);
+    }
     if (instance.role === 'starting') {
       if (status.phase === 'live') {
         instance.role = 'live';
