@@ -1,13 +1,13 @@
 // Releases: snapshots that survive rebuilds, rollback, redeploy, pruning.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { collectGarbage, snapshot } from '../src/deploy/snapshot';
-import { cleanup, fixture, freePort, get, remember, runCli, tempStateDir, waitUntil } from './helpers';
+import { CLI, cleanup, fixture, freePort, get, remember, runCli, tempStateDir, waitUntil } from './helpers';
 
 let stateDir: string;
 let appDir: string;
@@ -164,6 +164,31 @@ describe('parked rollback', () => {
       const answer = await get(port, '/');
       assert.equal(answer.body, `v1 ${parkedPid}`, 'the very same process answers again');
     }
+  });
+});
+
+describe('parked rollback and signals', () => {
+  test('a SIGTERM while a parked release comes back waits for the hand-over: r1 is recorded live, r2 leaves', async () => {
+    build('v1');
+    assert.equal((await deploy()).code, 0);
+    build('v2');
+    assert.equal((await deploy('--park', '1m')).code, 0);
+    await waitUntil(async () => JSON.parse((await cli('status', '--json')).stdout).instances.some((i: { status?: { phase: string } }) => i.status?.phase === 'parked'), 10_000, 'r1 to be parked');
+    const child = spawn(process.execPath, [CLI, '--previous', '--name', 'shop', '--state-dir', stateDir], { env: { ...process.env, CI: 'true' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    let signalled = false;
+    child.stderr.on('data', (d) => {
+      stderr += d;
+      // Sent in the handler, as the line arrives: the unpark is under way.
+      if (!signalled && /bringing parked r1 back/.test(stderr)) signalled = child.kill('SIGTERM');
+    });
+    const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+    assert.ok(signalled, stderr);
+    assert.equal(code, 0, stderr);
+    assert.match(stderr, /SIGTERM: the new version is going live; the command ends once the cutover is done/);
+    const state = JSON.parse((await cli('status', '--json')).stdout) as { instances: { release: string; role: string }[] };
+    assert.deepEqual(state.instances.filter((i) => i.role === 'live').map((i) => i.release), ['r1']);
+    assert.equal(await version(), 'v1');
   });
 });
 

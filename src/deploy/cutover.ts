@@ -357,12 +357,22 @@ export async function unpark(paths: AppPaths, state: AppState, parked: Instance,
   const started = Date.now();
   const old = liveInstance(state);
   await waitPortSettled({ ...state, instances: state.instances.filter((i) => i.id !== parked.id) }, progress);
+  // It listens again from the unpark on: a signal waits for the hand-over,
+  // as in a cutover's go-live. Killed between the two, the next command's
+  // repair would take it for a parked release that listens, and drain it.
+  // Watched before the line that says so goes out.
+  const signals = watchSignals(progress);
+  await signals.goLive();
   progress.phase(`bringing parked ${parked.release} back on port ${options.port}`);
-  let live: KeeperStatus;
   try {
-    live = await keeperUnpark(parked.controlSocket, old ? [old.keeperPid] : []);
-  } catch (err) {
-    throw new DeployError('RD_ERR_GO_LIVE', `The parked instance ${parked.id} (${parked.release}) could not listen again: ${(err as Error).message}. ${old ? `${old.release} keeps serving.` : ''}`);
+    let live: KeeperStatus;
+    try {
+      live = await keeperUnpark(parked.controlSocket, old ? [old.keeperPid] : []);
+    } catch (err) {
+      throw new DeployError('RD_ERR_GO_LIVE', `The parked instance ${parked.id} (${parked.release}) could not listen again: ${(err as Error).message}. ${old ? `${old.release} keeps serving.` : ''}`);
+    }
+    return await handOver(paths, state, parked.id, old, live, options, progress, { started, msToHealthy: 0 });
+  } finally {
+    signals.dispose();
   }
-  return handOver(paths, state, parked.id, old, live, options, progress, { started, msToHealthy: 0 });
 }
