@@ -668,7 +668,7 @@ function analyze(load, deploys, loadStartedAt, restAfterAt = Infinity, restAfter
     } else {
       failB[b]++;
       failed[KINDS[k]]++;
-      if (s < firstDeploy || s >= restAfterFrom) failedAtRest[KINDS[k]]++;
+      if (s < firstDeploy || (s >= restAfterFrom && s < restAfterTo)) failedAtRest[KINDS[k]]++;
     }
   }
   const rest = [...restBefore, ...restAfter];
@@ -772,6 +772,7 @@ async function scenario(config, mode, impl, tmp) {
     const restAfterAt = now();
     if (!interrupted) await sleep(opts.restMs);
     const restAfterUntil = now();
+    const cpu1 = hostCpu(); // the row's CPU, without the boots below
     // The app's boot time under this same load, the reference of this row's
     // "wall - boot" (as in the saturated section): a deploy's boot shares the
     // CPUs with the live version and the load generator, a bare boot on an
@@ -782,7 +783,7 @@ async function scenario(config, mode, impl, tmp) {
     load = null;
     const summary = analyze(result, deploys, loadStartedAt, restAfterAt, restAfterUntil);
     summary.bootLoadedMs = bootsLoadedMs.length ? median(bootsLoadedMs) : null;
-    summary.hostCpuPct = busyPct(cpu0, hostCpu());
+    summary.hostCpuPct = busyPct(cpu0, cpu1);
     summary.loadavg = os.loadavg()[0];
     if (deploys.length && result.end < deploys[deploys.length - 1].t1) summary.warning = 'the load generator stopped (time or request bound) before the last deploy ended';
     const lastVersion = `v${opts.deploys}`;

@@ -174,18 +174,28 @@ describe('parked rollback and signals', () => {
     build('v2');
     assert.equal((await deploy('--park', '1m')).code, 0);
     await waitUntil(async () => JSON.parse((await cli('status', '--json')).stdout).instances.some((i: { status?: { phase: string } }) => i.status?.phase === 'parked'), 10_000, 'r1 to be parked');
-    const child = spawn(process.execPath, [CLI, '--previous', '--name', 'shop', '--state-dir', stateDir], { env: { ...process.env, CI: 'true' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    // r1's app process frozen: the keeper's unpark waits for it to accept
+    // again, so the command waits inside the unpark, and the signal surely
+    // comes between the unpark and its record.
+    const parked = (JSON.parse((await cli('status', '--json')).stdout).instances as { role: string; status: { apps: { pid: number }[] } }[]).find((i) => i.role === 'parked')!;
+    const appPid = parked.status.apps[0]!.pid;
+    process.kill(appPid, 'SIGSTOP');
+    const child = spawn(process.execPath, [CLI, '--previous', '--name', 'shop', '--state-dir', stateDir], { env: { ...process.env, CI: 'true' }, stdio: ['ignore', 'ignore', 'pipe'] });
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
     let stderr = '';
-    let signalled = false;
-    child.stderr.on('data', (d) => {
-      stderr += d;
-      // Sent in the handler, as the line arrives: the unpark is under way.
-      if (!signalled && /bringing parked r1 back/.test(stderr)) signalled = child.kill('SIGTERM');
-    });
-    const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
-    assert.ok(signalled, stderr);
-    assert.equal(code, 0, stderr);
-    assert.match(stderr, /SIGTERM: the new version is going live; the command ends once the cutover is done/);
+    try {
+      child.stderr.on('data', (d) => (stderr += d));
+      await waitUntil(() => /bringing parked r1 back/.test(stderr), 10_000, 'the unpark to begin');
+      await sleep(100); // the command waits for the keeper's answer
+      child.kill('SIGTERM');
+      await sleep(100);
+    } finally {
+      process.kill(appPid, 'SIGCONT');
+    }
+    const code = await exited;
+    assert.equal(code, 0, `${child.signalCode ?? ''} ${stderr}`);
+    assert.match(stderr, /bringing parked r1 back/);
+    assert.match(stderr, /SIGTERM: r1 is coming back; the command ends once it has taken over/);
     const state = JSON.parse((await cli('status', '--json')).stdout) as { instances: { release: string; role: string }[] };
     assert.deepEqual(state.instances.filter((i) => i.role === 'live').map((i) => i.release), ['r1']);
     assert.equal(await version(), 'v1');

@@ -1,14 +1,15 @@
 // Supervision: crash restarts without losing queued connections, crash
 // loops, stop/start, and several app processes per release.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { tcpListeners } from '../src/native';
+import { addonPath, tcpListeners } from '../src/native';
 import { SERVING_SLICE_NS } from '../src/protocol';
-import { fixture, freshAppPerTest, get, hasCustomSlices, isAlive, processGroup, readAppState, remember, ROOT, runCli, runProcess, sliceOf, waitUntil } from './helpers';
+import { cleanup, fixture, freshAppPerTest, get, hasCustomSlices, isAlive, processGroup, readAppState, remember, ROOT, runCli, runProcess, sliceOf, waitUntil } from './helpers';
 
 const t = freshAppPerTest();
 
@@ -67,8 +68,10 @@ describe('supervision', () => {
         fs.cpSync(path.join(ROOT, part), path.join(install, part), { recursive: true });
       }
       if (fs.existsSync(path.join(ROOT, 'build', 'Release'))) fs.cpSync(path.join(ROOT, 'build', 'Release'), path.join(install, 'build', 'Release'), { recursive: true });
+      // The addon named by REUSE_DEPLOY_ADDON, in the install: the app processes get the copy's path instead.
+      const addon = path.join(install, path.relative(ROOT, addonPath()));
       const d = await runProcess(process.execPath, [path.join(install, 'dist', 'src', 'cli.js'), fixture('app.js'), ...common()], {
-        env: { ...process.env, REUSE_DEPLOY_RESTART_DELAY_MS: '100' },
+        env: { ...process.env, REUSE_DEPLOY_RESTART_DELAY_MS: '100', REUSE_DEPLOY_ADDON: addon },
       });
       remember(t.stateDir, 'app');
       assert.equal(d.code, 0, d.stderr);
@@ -76,6 +79,7 @@ describe('supervision', () => {
       const cmdline = fs.readFileSync(`/proc/${before!.pid}/cmdline`, 'utf8').split('\0');
       const preload = cmdline[cmdline.indexOf('--require') + 1]!;
       assert.ok(preload.startsWith(path.join(fs.realpathSync(t.stateDir), 'app', 'store', 'runtime') + path.sep), `the app loads the runtime from the state dir: ${preload}`);
+      assert.ok((await get(t.port, '/env/REUSE_DEPLOY_ADDON')).body.startsWith(path.dirname(path.dirname(path.dirname(path.dirname(preload))))), 'REUSE_DEPLOY_ADDON names the copy');
       fs.rmSync(install, { recursive: true, force: true });
       process.kill(before!.pid!, 'SIGKILL');
       await waitUntil(async () => (await appStatuses())[0]?.state === 'live', 10_000, 'the app process to start again');
@@ -84,6 +88,25 @@ describe('supervision', () => {
       assert.match((await get(t.port, '/')).body, new RegExp(` ${after!.pid}$`), 'the new process answers');
     } finally {
       fs.rmSync(install, { recursive: true, force: true });
+    }
+  });
+
+  test('a state dir on a noexec mount: the app processes load the installed runtime, and the deploy says so', { skip: process.getuid?.() !== 0 && 'mounting a noexec tmpfs needs root' }, async () => {
+    const mnt = fs.mkdtempSync(path.join(os.tmpdir(), 'rd-noexec-'));
+    const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'noexec,mode=700', 'tmpfs', mnt]).status === 0;
+    try {
+      if (!mounted) return assert.fail('mount -t tmpfs -o noexec failed');
+      const stateDir = path.join(mnt, 'state');
+      const d = await runCli([fixture('app.js'), '--port', String(t.port), '--host', '127.0.0.1', '--name', 'nx', '--state-dir', stateDir]);
+      remember(stateDir, 'nx');
+      assert.equal(d.code, 0, d.stderr);
+      assert.match(d.stderr, /store\/runtime is on a noexec mount: r1's app processes load reuse-deploy's runtime from .*dist\/src\/runtime\/preload\.js, which must stay in place/);
+      assert.equal((await get(t.port, '/')).status, 200);
+      assert.equal((await runCli(['stop', '--name', 'nx', '--state-dir', stateDir])).code, 0);
+    } finally {
+      await cleanup(path.join(mnt, 'state'));
+      if (mounted) spawnSync('umount', ['-l', mnt]);
+      fs.rmSync(mnt, { recursive: true, force: true });
     }
   });
 

@@ -185,7 +185,7 @@ const CANCEL_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
  * the old version's drain would leave two live versions for the next
  * command to repair. A signal during the rollback waits for it too.
  */
-function watchSignals(progress: Progress) {
+function watchSignals(progress: Progress, goingLive = 'the new version is going live; the command ends once the cutover is done') {
   let received: NodeJS.Signals | null = null;
   let stage: 'booting' | 'going-live' | 'rolling-back' = 'booting';
   let cancel: (err: DeployError) => void = () => undefined;
@@ -194,7 +194,7 @@ function watchSignals(progress: Progress) {
   const onSignal = (signal: NodeJS.Signals): void => {
     // After a hangup every write fails with EIO; src/cli.ts keeps that from
     // ending the command before the rollback.
-    if (stage === 'going-live') progress.warn(`${signal}: the new version is going live; the command ends once the cutover is done`);
+    if (stage === 'going-live') progress.warn(`${signal}: ${goingLive}`);
     else if (stage === 'rolling-back') progress.warn(`${signal}: stopping the new instance; the command ends once it is stopped`);
     else if (received === null) {
       received = signal;
@@ -257,6 +257,9 @@ export async function cutover(
   });
   state.instances.push(spawned.instance);
   writeState(paths.state, state);
+  if (spawned.runtime.notCopied) {
+    progress.warn(`${spawned.runtime.notCopied}: ${release.id}'s app processes load reuse-deploy's runtime from ${spawned.runtime.preload}, which must stay in place while ${release.id} runs (a crashed process is started again with it)`);
+  }
 
   const signals = watchSignals(progress);
   try {
@@ -361,7 +364,7 @@ export async function unpark(paths: AppPaths, state: AppState, parked: Instance,
   // as in a cutover's go-live. Killed between the two, the next command's
   // repair would take it for a parked release that listens, and drain it.
   // Watched before the line that says so goes out.
-  const signals = watchSignals(progress);
+  const signals = watchSignals(progress, `${parked.release} is coming back; the command ends once it has taken over`);
   await signals.goLive();
   progress.phase(`bringing parked ${parked.release} back on port ${options.port}`);
   try {

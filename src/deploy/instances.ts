@@ -9,7 +9,7 @@ import { keeperStop, tryKeeperStatus } from './keeper-client';
 import { checkSocketPath, type AppPaths } from './paths';
 import { KEEPER_MAIN } from '../package-files';
 import { appOnlyEnv, takeKeeper } from './prestart';
-import { runtimePreload } from './runtime-copy';
+import { appRuntime, type Runtime } from './runtime-copy';
 import { groupMembers as listenerGroup, socketInodesOf } from '../sys/proc-net';
 import type { Instance, Release } from './state';
 
@@ -19,6 +19,7 @@ export interface Spawned {
   /** Log size before this keeper started: its own lines come after. */
   logOffset: number;
   exited: Promise<number | null>;
+  runtime: Runtime;
 }
 
 export interface SpawnOptions {
@@ -41,6 +42,10 @@ export function spawnKeeper(paths: AppPaths, release: Release, options: SpawnOpt
   // The longest of the instance's socket paths.
   checkSocketPath(handoffSocketPath(probeSocketPrefix, Math.max(0, options.instances - 1)));
   const logFile = logFileOf(paths, release.id);
+  const runtime = appRuntime(paths);
+  // An addon named by REUSE_DEPLOY_ADDON is loaded from that path alone
+  // (src/native.ts): the app processes get the copy's instead.
+  const addonOverride: Record<string, string> = process.env.REUSE_DEPLOY_ADDON !== undefined && !runtime.notCopied ? { REUSE_DEPLOY_ADDON: runtime.addon } : {};
   const config: KeeperConfig = {
     id,
     app: options.app,
@@ -52,11 +57,11 @@ export function spawnKeeper(paths: AppPaths, release: Release, options: SpawnOpt
     host: options.host,
     port: options.port,
     instances: options.instances,
-    env: { ...appOnlyEnv(), PORT: String(options.port), REUSE_DEPLOY_RELEASE: release.id, REUSE_DEPLOY_APP: options.app, ...release.env },
+    env: { ...appOnlyEnv(), ...addonOverride, PORT: String(options.port), REUSE_DEPLOY_RELEASE: release.id, REUSE_DEPLOY_APP: options.app, ...release.env },
     controlSocket,
     probeSocketPrefix,
     gateTimeoutMs: options.gateTimeoutMs,
-    preload: runtimePreload(paths),
+    preload: runtime.preload,
     logFile,
   };
   const logFd = fs.openSync(logFile, 'a', 0o600);
@@ -84,6 +89,7 @@ export function spawnKeeper(paths: AppPaths, release: Release, options: SpawnOpt
     logFile,
     logOffset,
     exited,
+    runtime,
   };
 }
 
@@ -159,12 +165,16 @@ export interface OtherRelease {
  * nothing of this app would ever drain it: a lost or changed state
  * directory (HOME, XDG_STATE_HOME, REUSE_DEPLOY_HOME differing between CI
  * jobs) or a changed --name. Every process is looked at only when the
- * group has more sockets than this app has running keepers.
+ * group has a socket that none of this app's keepers holds.
  */
 export function otherReleasesOn(host: string, port: number, known: Instance[], stateDir: string, app: string): OtherRelease[] {
-  const group = new Set(listenerGroup(host, port).map((l) => l.inode));
+  // '::' falls back to 0.0.0.0 where IPv6 is off (keeper/bind.ts).
+  let members = listenerGroup(host, port);
+  if (members.length === 0 && host === '::') members = listenerGroup('0.0.0.0', port);
+  const group = new Set(members.map((l) => l.inode));
   const knownPids = new Set(known.filter((i) => isAlive(i.keeperPid)).map((i) => i.keeperPid));
-  if (group.size <= knownPids.size) return [];
+  const held = new Set([...knownPids].flatMap((pid) => [...socketInodesOf(pid)]));
+  if ([...group].every((inode) => held.has(inode))) return [];
   let ownDir: string;
   try {
     ownDir = fs.realpathSync(stateDir);

@@ -18,11 +18,24 @@ import { addonPath } from '../native';
 import { packageRoot, PRELOAD } from '../package-files';
 import type { AppPaths } from './paths';
 
-/** Copies kept besides the one in use: the runtimes of releases deployed by earlier versions, still draining or parked. */
+/** Copies not in use kept besides the current one: the runtimes of the versions deployed last. */
 const KEEP_OLDER = 4;
 
-/** The copied preload of this version, for `paths`' app: made if missing, and marked as just used. */
-export function runtimePreload(paths: AppPaths): string {
+export interface Runtime {
+  preload: string;
+  addon: string;
+  /** Why the app processes load the installed files instead of a copy, if they do. */
+  notCopied: string | null;
+}
+
+/** The runtime of this version for `paths`' app: its copy, made if missing and marked as just used. */
+export function appRuntime(paths: AppPaths): Runtime {
+  const runtimes = path.join(paths.store, 'runtime');
+  fs.mkdirSync(runtimes, { recursive: true, mode: 0o700 });
+  // dlopen(3) of a file on a noexec mount fails: the addon must stay where it is.
+  if (isNoexec(runtimes)) {
+    return { preload: PRELOAD, addon: addonPath(), notCopied: `${runtimes} is on a noexec mount` };
+  }
   const files: [string, string][] = [
     [path.join(packageRoot, 'binding.gyp'), 'binding.gyp'],
     [PRELOAD, path.join('dist', 'src', 'runtime', 'preload.js')],
@@ -34,13 +47,12 @@ export function runtimePreload(paths: AppPaths): string {
     hash.update(`${to}\0${data.length}\0`).update(data);
     return { to, data };
   });
-  const runtimes = path.join(paths.store, 'runtime');
   const dir = path.join(runtimes, hash.digest('hex').slice(0, 16));
-  const preload = path.join(dir, 'dist', 'src', 'runtime', 'preload.js');
-  if (fs.existsSync(preload)) {
+  const runtime = { preload: path.join(dir, files[1]![1]), addon: path.join(dir, files[2]![1]), notCopied: null };
+  if (fs.existsSync(runtime.preload)) {
     const now = new Date();
     fs.utimesSync(dir, now, now);
-    return preload;
+    return runtime;
   }
   const tmp = `${dir}.${process.pid}.tmp`;
   fs.rmSync(tmp, { recursive: true, force: true });
@@ -53,22 +65,70 @@ export function runtimePreload(paths: AppPaths): string {
   } catch (err) {
     // Another command made the same copy meanwhile (rename(2): ENOTEMPTY or EEXIST onto a directory that has entries).
     fs.rmSync(tmp, { recursive: true, force: true });
-    if (!fs.existsSync(preload)) throw err;
+    if (!fs.existsSync(runtime.preload)) throw err;
   }
   pruneRuntimes(runtimes, dir);
-  return preload;
+  return runtime;
+}
+
+/** Is `dir` on a mount with the noexec option (/proc/self/mountinfo, the longest mount point above it)? */
+function isNoexec(dir: string): boolean {
+  let info: string;
+  let real: string;
+  try {
+    info = fs.readFileSync('/proc/self/mountinfo', 'utf8');
+    real = fs.realpathSync(dir);
+  } catch {
+    return false;
+  }
+  let best = '';
+  let noexec = false;
+  for (const line of info.split('\n')) {
+    // id parent major:minor root mount-point options ... (proc(5)); spaces in paths are \040.
+    const fields = line.split(' ');
+    if (fields.length < 6) continue;
+    const mountPoint = fields[4]!.replace(/\\040/g, ' ');
+    const inside = mountPoint === '/' || real === mountPoint || real.startsWith(`${mountPoint}/`);
+    if (inside && mountPoint.length >= best.length) {
+      best = mountPoint;
+      noexec = fields[5]!.split(',').includes('noexec');
+    }
+  }
+  return noexec;
+}
+
+/** The copies whose addon a running process has mapped (/proc/<pid>/maps, this user's processes). */
+function copiesInUse(runtimes: string): Set<string> {
+  const used = new Set<string>();
+  const prefix = `${runtimes}${path.sep}`;
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let maps: string;
+    try {
+      maps = fs.readFileSync(`/proc/${entry}/maps`, 'utf8');
+    } catch {
+      continue; // gone, or another user's
+    }
+    for (let at = maps.indexOf(prefix); at >= 0; at = maps.indexOf(prefix, at + 1)) {
+      used.add(maps.slice(at + prefix.length).split(path.sep)[0]!);
+    }
+  }
+  return used;
 }
 
 /**
- * Removes all but the most recently used copies (by the directory's mtime),
- * never `current`, and what a command killed while copying left.
+ * Removes the copies that no running process uses, but the most recently
+ * used ones (by the directory's mtime); never `current`. Also what a command
+ * killed while copying left. Runs when a new copy was made: once per version.
  */
 function pruneRuntimes(runtimes: string, current: string): void {
   const entries = fs.readdirSync(runtimes).map((name) => {
     const dir = path.join(runtimes, name);
-    return { dir, partial: name.endsWith('.tmp'), used: fs.statSync(dir).mtimeMs };
+    return { name, dir, partial: name.endsWith('.tmp'), used: fs.statSync(dir).mtimeMs };
   });
   const stale = entries.filter((e) => e.partial && e.used < Date.now() - 10 * 60_000);
+  const inUse = copiesInUse(fs.realpathSync(runtimes));
   const older = entries.filter((e) => !e.partial && e.dir !== current).sort((a, b) => b.used - a.used);
-  for (const { dir } of [...stale, ...older.slice(KEEP_OLDER)]) fs.rmSync(dir, { recursive: true, force: true });
+  const doomed = older.slice(KEEP_OLDER).filter((e) => !inUse.has(e.name));
+  for (const { dir } of [...stale, ...doomed]) fs.rmSync(dir, { recursive: true, force: true });
 }
