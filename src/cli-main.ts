@@ -105,10 +105,8 @@ function policyOf(flags: Record<string, unknown>): DeployPolicy {
   };
 }
 
-/** `start` boots the live release with nothing to drain or prune. */
-function startPolicy(flags: Record<string, unknown>): DeployPolicy {
-  return { ...policyOf({ healthTimeout: flags.healthTimeout }), keep: Number.MAX_SAFE_INTEGER };
-}
+/** `start` boots the live release with nothing to drain, and never prunes. */
+const neverPrune = (policy: DeployPolicy): DeployPolicy => ({ ...policy, keep: Number.MAX_SAFE_INTEGER });
 
 /**
  * Puts the config file's values into `flags` where no flag was given, and
@@ -269,12 +267,12 @@ cli
           {
             source: { kind: 'current' },
             name: nameOf(flags),
-            ...startPolicy(flags),
+            ...neverPrune(policyOf({ healthTimeout: flags.healthTimeout })),
             stateDir: stateDirOf(flags),
             wait: Boolean(flags.wait),
             policyFromRelease: (root) => {
               const found = policyFromConfig({ healthTimeout: flags.healthTimeout }, root);
-              return { ...found, policy: { ...found.policy, keep: Number.MAX_SAFE_INTEGER } };
+              return { ...found, policy: neverPrune(found.policy) };
             },
           },
           progress,
