@@ -645,6 +645,11 @@ function analyze(load, deploys, loadStartedAt, restAfterAt = Infinity, restAfter
   // In the deploy window: requests that opened a new connection, and the others.
   const depFresh = [];
   const depReused = [];
+  // Keep-alive: a connection's first request answered by a newer version
+  // than its previous one (it was handed over, or reconnected), by the
+  // load generator's connection slot (load.js `wid`).
+  const depMoved = [];
+  const lastVersion = new Map();
   const failed = Object.fromEntries(KINDS.slice(1).map((k) => [k, 0]));
   const failedAtRest = { ...failed };
   const bucketMs = 100;
@@ -664,7 +669,10 @@ function analyze(load, deploys, loadStartedAt, restAfterAt = Infinity, restAfter
       } else if (s >= firstDeploy) {
         dep.push(load.lat[i]);
         (load.fresh && load.fresh[i] ? depFresh : depReused).push(load.lat[i]);
+        const before = load.wid ? lastVersion.get(load.wid[i]) : undefined;
+        if (before !== undefined && load.ver[i] !== before && !load.fresh[i]) depMoved.push(load.lat[i]);
       }
+      if (load.wid && load.ver[i]) lastVersion.set(load.wid[i], load.ver[i]);
     } else {
       failB[b]++;
       failed[KINDS[k]]++;
@@ -672,7 +680,7 @@ function analyze(load, deploys, loadStartedAt, restAfterAt = Infinity, restAfter
     }
   }
   const rest = [...restBefore, ...restAfter];
-  for (const xs of [rest, restBefore, restAfter, dep, depFresh, depReused]) xs.sort((a, b) => a - b);
+  for (const xs of [rest, restBefore, restAfter, dep, depFresh, depReused, depMoved]) xs.sort((a, b) => a - b);
   const stats = (xs) => ({ n: xs.length, p50: percentile(xs, 50), p99: percentile(xs, 99) });
   const totalFailed = Object.values(failed).reduce((a, b) => a + b, 0);
   return {
@@ -688,6 +696,7 @@ function analyze(load, deploys, loadStartedAt, restAfterAt = Infinity, restAfter
     withDeploys: stats(dep),
     newConnections: stats(depFresh),
     reusedConnections: stats(depReused),
+    movedConnections: load.wid ? { ...stats(depMoved), over: depMoved.filter((x) => x > 1.5 * percentile(rest, 99)).length, slow: dep.filter((x) => x > 1.5 * percentile(rest, 99)).length } : null,
     buckets: { ms: bucketMs, ok: okB, failed: failB },
     markers: deploys.map((d) => ({ from: d.t0 - load.t0, to: d.t1 - load.t0, ok: d.ok })),
     restAfterFrom: Number.isFinite(restAfterFrom) ? restAfterFrom : null,
@@ -788,7 +797,7 @@ async function scenario(config, mode, impl, tmp) {
     if (deploys.length && result.end < deploys[deploys.length - 1].t1) summary.warning = 'the load generator stopped (time or request bound) before the last deploy ended';
     const lastVersion = `v${opts.deploys}`;
     log(`${label}: ${summary.requests} requests, ${summary.failed} failed ${JSON.stringify(summary.byKind)}; versions seen ${Object.keys(summary.versions).length}${summary.versions[lastVersion] ? '' : ` (never saw ${lastVersion}!)`}`);
-    return { config: config.key, label: config.label, mode, ns: config.ns, instances: config.instances || 1, port: config.port, deploys, bootsLoadedMs, summary, raw: { t0: result.t0, end: result.end, start: result.start, lat: result.lat, kind: result.kind, fresh: result.fresh, ver: result.ver, truncated: result.truncated } };
+    return { config: config.key, label: config.label, mode, ns: config.ns, instances: config.instances || 1, port: config.port, deploys, bootsLoadedMs, summary, raw: { t0: result.t0, end: result.end, start: result.start, lat: result.lat, kind: result.kind, fresh: result.fresh, ver: result.ver, wid: result.wid, truncated: result.truncated } };
   } finally {
     if (load) {
       load.child.stdin.end();
@@ -858,6 +867,15 @@ async function pm2Kill(pm2Home) {
 }
 
 // ---------------------------------------------------------------- preload overhead
+
+/** The nice value of this process's session (CFS autogroup), null where there is none. */
+function autogroupNice() {
+  try {
+    return Number(/nice (-?\d+)/.exec(fs.readFileSync('/proc/self/autogroup', 'utf8'))[1]);
+  } catch {
+    return null;
+  }
+}
 
 /** CPU time (ns) used so far by every thread of `pid`, from /proc/<pid>/task/<tid>/schedstat. */
 function cpuNs(pid) {
@@ -1234,8 +1252,16 @@ async function main() {
   fs.copyFileSync(APP, path.join(appDir, 'bench-app.js'));
   appEntry = path.join(appDir, 'bench-app.js');
   const notes = [];
+  // The deploy commands run in this process's session (CFS autogroup): a
+  // session left at a raised nice value (`echo 19 > /proc/<pid>/autogroup`
+  // on a process of it, as a script of one's own may do) gives them a CPU
+  // share far below the apps' and the load's, and changes what a row
+  // measures. Said in the table rather than refused.
+  const sessionNice = autogroupNice();
+  if (sessionNice !== null && sessionNice !== 0) notes.push(`this benchmark's session (CFS autogroup) runs at nice ${sessionNice}, and so do the deploy commands it starts: their figures are not comparable with a run at nice 0 (\`echo 0 > /proc/${process.pid}/autogroup\` before running it)`);
   const meta = {
     date: new Date().toISOString(),
+    sessionNice,
     node: process.version,
     kernel: os.release(),
     cpus: os.cpus().length,
@@ -1428,10 +1454,11 @@ async function main() {
   if (kaScen.length) {
     out.push('');
     out.push('keep-alive rows, requests in the deploy window: those that opened a new connection (a client whose connection a version closed) and those on a reused one (ms):');
-    out.push(table(['configuration', 'new conns', 'share', 'p50 new', 'p99 new', 'p50 reused', 'p99 reused', 'p99 rest'], kaScen.map((s) => {
-      const { newConnections: f, reusedConnections: r, withDeploys: d } = s.summary;
-      return [s.label, f.n, d.n ? `${fmt((100 * f.n) / d.n, 1)}%` : '-', fmt(f.p50, 2), fmt(f.p99, 2), fmt(r.p50, 2), fmt(r.p99, 2), fmt(s.summary.rest.p99, 2)];
+    out.push(table(['configuration', 'new conns', 'share', 'p50 new', 'p99 new', 'p50 reused', 'p99 reused', 'p99 rest', 'moved', 'p99 moved', 'over: moved / all'], kaScen.map((s) => {
+      const { newConnections: f, reusedConnections: r, withDeploys: d, movedConnections: m } = s.summary;
+      return [s.label, f.n, d.n ? `${fmt((100 * f.n) / d.n, 1)}%` : '-', fmt(f.p50, 2), fmt(f.p99, 2), fmt(r.p50, 2), fmt(r.p99, 2), fmt(s.summary.rest.p99, 2), m ? m.n : '-', m ? fmt(m.p99, 2) : '-', m ? `${m.over} / ${m.slow}` : '-'];
     })));
+    out.push('moved = a connection\'s first request answered by a newer version on the same connection (handed over); over = requests above 1.5x the rest p99');
   }
 
   if (overhead) {

@@ -25,7 +25,8 @@
 // (ECONNRESET, EPIPE, socket hang up) / timeout / non2xx / other; and
 // whether it opened a new connection (fresh: always in `close` mode, in
 // `ka` mode the first request of each connection), and which version
-// answered (N of a body "vN", as the bench app answers; 0 otherwise).
+// answered (N of a body "vN", as the bench app answers; 0 otherwise), and
+// which worker (connection slot, 0..conns-1) sent it.
 const http = require('node:http');
 const fs = require('node:fs');
 const { performance } = require('node:perf_hooks');
@@ -85,6 +86,7 @@ const lats = new Float32Array(cap);
 const kinds = new Uint8Array(cap);
 const fresh = new Uint8Array(cap); // 1: the request opened a new connection (not req.reusedSocket)
 const ver = new Uint16Array(cap); // N of the "vN" that answered (the bench app's body), 0 if none: which release served it
+const wid = new Uint16Array(cap); // which worker (connection slot) sent it
 const counts = Object.fromEntries(KINDS.map((k) => [k, 0]));
 const errors = {};
 const versions = {};
@@ -101,7 +103,7 @@ function classify(err) {
   return OTHER;
 }
 
-function once(agent) {
+function once(agent, w) {
   return new Promise((resolve) => {
     const start = now();
     let done = false;
@@ -117,6 +119,7 @@ function once(agent) {
         kinds[recorded] = kind;
         fresh[recorded] = req.reusedSocket ? 0 : 1;
         ver[recorded] = served;
+        wid[recorded] = w;
         recorded++;
       }
       counts[KINDS[kind]]++;
@@ -172,7 +175,7 @@ async function worker(i) {
       if (stopping || now() >= deadline) break;
     }
     issued++;
-    await once(agent);
+    await once(agent, i);
     if (interval > 0) next = Math.max(next + interval, now());
   }
   if (agent) agent.destroy();
@@ -214,6 +217,7 @@ async function main() {
     kind: Array.from(kinds.subarray(0, recorded)),
     fresh: Array.from(fresh.subarray(0, recorded)),
     ver: Array.from(ver.subarray(0, recorded)),
+    wid: Array.from(wid.subarray(0, recorded)),
   };
   fs.writeFileSync(opts.out, JSON.stringify(result));
   process.exit(0);
