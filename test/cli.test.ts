@@ -7,6 +7,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { CLI, fixture, freshAppPerTest, get, isAlive, readAppState, remember, runCli, runProcess, spawnInTty, waitUntil } from './helpers';
 import { EXIT } from '../src/errors';
+import { serviceUnitOf, type ServiceUnit } from '../src/deploy/runner-unit';
 
 const t = freshAppPerTest();
 
@@ -20,6 +21,17 @@ function runInTty(args: string[], env: NodeJS.ProcessEnv = {}): Promise<string> 
     child.on('error', reject);
     child.on('close', () => resolve(out));
   });
+}
+
+const SYSTEMD_V1 = '/sys/fs/cgroup/systemd';
+
+/** Why the cgroup test cannot run here, or false: it needs root and cgroup v1's name=systemd hierarchy with this process at its root (no systemd managing it). */
+function cgroupV1Systemd(): string | false {
+  if (process.getuid?.() !== 0) return 'needs root (it makes a cgroup)';
+  const own = fs.readFileSync('/proc/self/cgroup', 'utf8');
+  if (!/^\d+:name=systemd:\/$/m.test(own) || !/^0::\/$/m.test(own)) return 'needs cgroup v1\'s name=systemd hierarchy, with this process at its root';
+  if (!fs.existsSync(path.join(SYSTEMD_V1, 'cgroup.procs'))) return `${SYSTEMD_V1} is not mounted`;
+  return false;
 }
 
 const deployArgs = () => [fixture('app.js'), '--port', String(t.port), '--host', '127.0.0.1', '--name', 'app', '--state-dir', t.stateDir];
@@ -211,6 +223,55 @@ describe('as a command', () => {
     const keeper = readAppState(t.stateDir, 'app')!.instances[0]!.keeperPid;
     assert.ok(isAlive(keeper));
     assert.deepEqual(carrying(), [], 'no process left by the deploy carries the job\'s tracking id');
+  });
+
+  test('the systemd service of a /proc/<pid>/cgroup text, passing over delegated groups, scopes and slices', () => {
+    const cases: [string, ServiceUnit | null][] = [
+      ['0::/system.slice/gitlab-runner.service\n', { unit: 'gitlab-runner.service', user: false }],
+      ['0::/system.slice/actions.runner.acme-web.box1.service/job-7\n', { unit: 'actions.runner.acme-web.box1.service', user: false }],
+      ['0::/user.slice/user-1000.slice/user@1000.service/app.slice/ci.service\n', { unit: 'ci.service', user: true }],
+      ['0::/user.slice/user-1000.slice/user@1000.service/init.scope\n', null],
+      ['0::/user.slice/user-1000.slice/session-4.scope\n', null],
+      ['0::/system.slice/run-r1f2.scope\n', null],
+      ['0::/docker/0123abcd\n', null],
+      ['0::/\n', null],
+      ['12:pids:/\n1:name=systemd:/system.slice/jenkins.service\n0::/\n', { unit: 'jenkins.service', user: false }],
+      ['1:name=systemd:/\n0::/\n', null],
+    ];
+    for (const [text, want] of cases) assert.deepEqual(serviceUnitOf(text), want, text);
+  });
+
+  test("run by a CI job inside a systemd service, it warns that stopping the service stops the release; not outside a CI job", { skip: cgroupV1Systemd() }, async () => {
+    // The runner's service, as systemd would make it in cgroup v1's
+    // name=systemd hierarchy (no systemd runs here, so its KillMode cannot
+    // be asked, and the warning says when it would not apply).
+    const unit = `rd-test-${process.pid}-runner.service`;
+    const group = path.join(SYSTEMD_V1, unit);
+    fs.mkdirSync(group);
+    try {
+      const inGroup = (env: NodeJS.ProcessEnv) => runProcess('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', group, CLI, ...deployArgs()], { env });
+      const noCi = Object.fromEntries(Object.entries(process.env).filter(([name]) => !['CI', 'GITHUB_ACTIONS', 'GITLAB_CI', 'BUILDKITE', 'JENKINS_URL', 'TF_BUILD', 'TEAMCITY_VERSION', 'DRONE', 'CIRCLECI', 'BITBUCKET_BUILD_NUMBER'].includes(name)));
+      const r1 = await inGroup({ ...noCi, GITLAB_CI: 'true' });
+      remember(t.stateDir, 'app');
+      assert.equal(r1.code, 0, r1.stderr);
+      assert.ok(r1.stderr.includes(`r1's processes start in the control group of ${unit}, which runs this job: \`systemctl stop\` or \`restart\` of it stops them too, unless its KillMode is process or none.`), r1.stderr);
+      assert.match(r1.stderr, /systemd-run --scope/);
+      const keeper = readAppState(t.stateDir, 'app')!.instances[0]!.keeperPid;
+      assert.match(fs.readFileSync(`/proc/${keeper}/cgroup`, 'utf8'), new RegExp(`name=systemd:/${unit.replace(/\./g, '\\.')}$`, 'm'), 'the premise: the keeper is in the service');
+      const r2 = await inGroup(noCi);
+      assert.equal(r2.code, 0, r2.stderr);
+      assert.doesNotMatch(r2.stderr, /control group/);
+    } finally {
+      // Back to the root, so that the group can go while the release runs on.
+      for (const pid of fs.readFileSync(path.join(group, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
+        try {
+          fs.writeFileSync(path.join(SYSTEMD_V1, 'cgroup.procs'), pid);
+        } catch {
+          // gone meanwhile
+        }
+      }
+      fs.rmdirSync(group);
+    }
   });
 });
 

@@ -27,6 +27,7 @@ import { isHealthy, probe, type HealthRule, type ProbeResult } from './health';
 import { keeperDrain, keeperLive, keeperUnpark, keeperWait, tryKeeperStatus } from './keeper-client';
 import { logTail, spawnKeeper, stopInstance, waitForKeeper, type Spawned } from './instances';
 import { ciReaperEnvPresent } from './prestart';
+import { runnerUnitWarning } from './runner-unit';
 import type { AppPaths } from './paths';
 import type { Progress } from './progress';
 import { liveInstance, writeState, type AppState, type Instance, type Release } from './state';
@@ -266,6 +267,9 @@ export async function cutover(
     let live: KeeperStatus;
     let msToHealthy = 0;
     try {
+      // While the release boots; asks systemd only for a CI job inside a service.
+      const inRunner = await signals.race(runnerUnitWarning(release.id));
+      if (inRunner) signals.progress.warn(inRunner);
       await signals.race(
         (async () => {
           const say = signals.progress;
