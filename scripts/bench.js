@@ -646,8 +646,9 @@ function analyze(load, deploys, loadStartedAt, restAfterAt = Infinity, restAfter
   const depFresh = [];
   const depReused = [];
   // Keep-alive: a connection's first request answered by a newer version
-  // than its previous one (it was handed over, or reconnected), by the
-  // load generator's connection slot (load.js `wid`).
+  // than its previous one on the same connection (it was handed over), by
+  // the load generator's connection slot (load.js `wid`). The first
+  // release answers v0, recorded as 0.
   const depMoved = [];
   const lastVersion = new Map();
   const failed = Object.fromEntries(KINDS.slice(1).map((k) => [k, 0]));
@@ -670,9 +671,9 @@ function analyze(load, deploys, loadStartedAt, restAfterAt = Infinity, restAfter
         dep.push(load.lat[i]);
         (load.fresh && load.fresh[i] ? depFresh : depReused).push(load.lat[i]);
         const before = load.wid ? lastVersion.get(load.wid[i]) : undefined;
-        if (before !== undefined && load.ver[i] !== before && !load.fresh[i]) depMoved.push(load.lat[i]);
+        if (before !== undefined && load.ver[i] > before && !load.fresh[i]) depMoved.push(load.lat[i]);
       }
-      if (load.wid && load.ver[i]) lastVersion.set(load.wid[i], load.ver[i]);
+      if (load.wid) lastVersion.set(load.wid[i], load.ver[i]);
     } else {
       failB[b]++;
       failed[KINDS[k]]++;
@@ -696,7 +697,7 @@ function analyze(load, deploys, loadStartedAt, restAfterAt = Infinity, restAfter
     withDeploys: stats(dep),
     newConnections: stats(depFresh),
     reusedConnections: stats(depReused),
-    movedConnections: load.wid ? { ...stats(depMoved), over: depMoved.filter((x) => x > 1.5 * percentile(rest, 99)).length, slow: dep.filter((x) => x > 1.5 * percentile(rest, 99)).length } : null,
+    movedConnections: load.wid && rest.length ? { ...stats(depMoved), over: depMoved.filter((x) => x > 1.5 * percentile(rest, 99)).length, slow: dep.filter((x) => x > 1.5 * percentile(rest, 99)).length } : null,
     buckets: { ms: bucketMs, ok: okB, failed: failB },
     markers: deploys.map((d) => ({ from: d.t0 - load.t0, to: d.t1 - load.t0, ok: d.ok })),
     restAfterFrom: Number.isFinite(restAfterFrom) ? restAfterFrom : null,
@@ -868,9 +869,10 @@ async function pm2Kill(pm2Home) {
 
 // ---------------------------------------------------------------- preload overhead
 
-/** The nice value of this process's session (CFS autogroup), null where there is none. */
+/** The nice value of this process's session (CFS autogroup), null where autogroups are off or absent. */
 function autogroupNice() {
   try {
+    if (fs.readFileSync('/proc/sys/kernel/sched_autogroup_enabled', 'utf8').trim() !== '1') return null;
     return Number(/nice (-?\d+)/.exec(fs.readFileSync('/proc/self/autogroup', 'utf8'))[1]);
   } catch {
     return null;
@@ -1258,7 +1260,7 @@ async function main() {
   // share far below the apps' and the load's, and changes what a row
   // measures. Said in the table rather than refused.
   const sessionNice = autogroupNice();
-  if (sessionNice !== null && sessionNice !== 0) notes.push(`this benchmark's session (CFS autogroup) runs at nice ${sessionNice}, and so do the deploy commands it starts: their figures are not comparable with a run at nice 0 (\`echo 0 > /proc/${process.pid}/autogroup\` before running it)`);
+  if (sessionNice !== null && sessionNice !== 0) notes.push(`this benchmark's session (CFS autogroup) runs at nice ${sessionNice}, and so do the deploy commands it starts: their figures are not comparable with a run at nice 0 (\`echo 0 > /proc/$$/autogroup\` in the shell that starts it)`);
   const meta = {
     date: new Date().toISOString(),
     sessionNice,

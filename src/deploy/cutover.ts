@@ -267,9 +267,8 @@ export async function cutover(
     let live: KeeperStatus;
     let msToHealthy = 0;
     try {
-      // While the release boots; asks systemd only for a CI job inside a service.
-      const inRunner = await signals.race(runnerUnitWarning(release.id));
-      if (inRunner) signals.progress.warn(inRunner);
+      // Asks systemd (for a CI job inside a service only) while the release boots.
+      const inRunner = runnerUnitWarning(release.id);
       await signals.race(
         (async () => {
           const say = signals.progress;
@@ -277,6 +276,8 @@ export async function cutover(
           await waitForKeeper(spawned, 10_000);
           say.phase(`waiting for ${release.id} to listen on port ${options.port}`);
           const gated = await waitListening(spawned, options.port, deadline);
+          const warning = await inRunner;
+          if (warning) say.warn(warning);
           say.phase(`checking health of ${release.id} (${options.health ?? 'GET /'}) on its private socket`);
           const rule = { path: options.health, port: options.port };
           await waitHealthy(spawned, gated, rule, deadline, say);

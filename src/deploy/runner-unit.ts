@@ -8,11 +8,11 @@
 // a release deployed by such a job lives there, and `systemctl stop` or
 // `restart` of the runner (a package upgrade restarts it) stops the release
 // with it, unless the unit's KillMode is `process` or `none`
-// (systemd.kill(5); GitHub's svc.sh installs KillMode=process, GitLab's
-// `gitlab-runner install` leaves systemd's default, control-group). The
-// command says so; the README ("A CI runner on the host it deploys to")
-// gives the ways out.
-import { execFile } from 'node:child_process';
+// (systemd.kill(5); GitHub's svc.sh installs KillMode=process). A job
+// that a runner starts through `su` with pam_systemd is in a login
+// session's scope instead, and is not affected. The command says so; the
+// README ("A CI runner on the host it deploys to") gives the ways out.
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 
 /** Variables by which CI systems mark a job's environment. */
@@ -42,11 +42,44 @@ export function serviceUnitOf(cgroupText: string): ServiceUnit | null {
   return { unit, user: units.some((part) => /^user@\d+\.service$/.test(part)) };
 }
 
-/** The unit's KillMode as its manager reports it, null where that cannot be asked (no systemd, no bus). */
+/** How long systemctl may take to answer before the unit's KillMode counts as unknown. */
+const SYSTEMCTL_MS = 1_000;
+
+/**
+ * The unit's KillMode as its manager reports it; null where that cannot be
+ * asked (no systemd, no bus, no answer in time) or the manager does not
+ * know the unit (`systemctl show` then reports the defaults, so LoadState
+ * is read too; KEY=value lines rather than --value, which systemd < 230
+ * lacks).
+ */
 function killModeOf(service: ServiceUnit): Promise<string | null> {
-  const args = [...(service.user ? ['--user'] : []), 'show', '--property=KillMode', '--value', '--', service.unit];
+  const args = [...(service.user ? ['--user'] : []), 'show', '--property=KillMode,LoadState', '--', service.unit];
   return new Promise((resolve) => {
-    execFile('systemctl', args, { timeout: 1_000, encoding: 'utf8' }, (err, stdout) => resolve(err ? null : stdout.trim() || null));
+    let out = '';
+    const child = spawn('systemctl', args, { stdio: ['ignore', 'pipe', 'ignore'] });
+    const done = (answer: string | null): void => {
+      clearTimeout(timer);
+      child.stdout.destroy(); // a process systemctl left behind holding the pipe must not hold this one
+      resolve(answer);
+    };
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      done(null);
+    }, SYSTEMCTL_MS);
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.on('error', () => done(null)); // no systemctl
+    child.on('close', (code) => {
+      const value = (key: string): string | undefined => new RegExp(`^${key}=(.*)$`, 'm').exec(out)?.[1]?.trim();
+      done(code === 0 && value('LoadState') === 'loaded' ? (value('KillMode') ?? null) : null);
+    });
+  });
+}
+
+/** A CI job's environment: one of the CI systems' own variables, set and not turned off (`CI=false`). */
+function inCiJob(env: NodeJS.ProcessEnv): boolean {
+  return CI_MARKERS.some((name) => {
+    const value = env[name]?.trim().toLowerCase();
+    return value !== undefined && value !== '' && value !== '0' && value !== 'false';
   });
 }
 
@@ -56,7 +89,7 @@ function killModeOf(service: ServiceUnit): Promise<string | null> {
  * service, or a service with KillMode=process or none).
  */
 export async function runnerUnitWarning(release: string, env: NodeJS.ProcessEnv = process.env): Promise<string | null> {
-  if (!CI_MARKERS.some((name) => env[name])) return null;
+  if (!inCiJob(env)) return null;
   let text: string;
   try {
     text = fs.readFileSync('/proc/self/cgroup', 'utf8');
@@ -71,6 +104,6 @@ export async function runnerUnitWarning(release: string, env: NodeJS.ProcessEnv 
   return (
     `${release}'s processes start in the control group of ${service.unit}, which runs this job: \`${systemctl} stop\` or \`restart\` of it stops them too` +
     `${killMode ? ` (its KillMode is ${killMode})` : ', unless its KillMode is process or none'}. ` +
-    'Run the deploy in a scope of its own (`systemd-run --scope`, with `--user` when not root) or over SSH (README: "A CI runner on the host it deploys to")'
+    'Run the deploy in a scope of its own (`systemd-run --scope` as root; as another user `systemd-run --user --scope`, which needs that user\'s manager) or over SSH (README: "A CI runner on the host it deploys to")'
   );
 }
