@@ -683,6 +683,10 @@ function analyze(load, deploys, loadStartedAt, restAfterAt = Infinity, restAfter
   const rest = [...restBefore, ...restAfter];
   for (const xs of [rest, restBefore, restAfter, dep, depFresh, depReused, depMoved]) xs.sort((a, b) => a - b);
   const stats = (xs) => ({ n: xs.length, p50: percentile(xs, 50), p99: percentile(xs, 99) });
+  const overRest = (xs) => {
+    const threshold = 1.5 * percentile(rest, 99);
+    return xs.filter((x) => x > threshold).length;
+  };
   const totalFailed = Object.values(failed).reduce((a, b) => a + b, 0);
   return {
     requests: load.requests,
@@ -697,7 +701,7 @@ function analyze(load, deploys, loadStartedAt, restAfterAt = Infinity, restAfter
     withDeploys: stats(dep),
     newConnections: stats(depFresh),
     reusedConnections: stats(depReused),
-    movedConnections: load.wid && rest.length ? { ...stats(depMoved), over: depMoved.filter((x) => x > 1.5 * percentile(rest, 99)).length, slow: dep.filter((x) => x > 1.5 * percentile(rest, 99)).length } : null,
+    movedConnections: load.wid && rest.length ? { ...stats(depMoved), over: overRest(depMoved), slow: overRest(dep) } : null,
     buckets: { ms: bucketMs, ok: okB, failed: failB },
     markers: deploys.map((d) => ({ from: d.t0 - load.t0, to: d.t1 - load.t0, ok: d.ok })),
     restAfterFrom: Number.isFinite(restAfterFrom) ? restAfterFrom : null,
