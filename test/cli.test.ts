@@ -7,7 +7,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { CLI, fixture, freshAppPerTest, get, isAlive, readAppState, remember, runCli, runProcess, spawnInTty, waitUntil } from './helpers';
 import { EXIT } from '../src/errors';
-import { serviceUnitOf, type ServiceUnit } from '../src/deploy/runner-unit';
+import { CI_MARKERS, serviceUnitOf, type ServiceUnit } from '../src/deploy/runner-unit';
 
 const t = freshAppPerTest();
 
@@ -250,7 +250,7 @@ describe('as a command', () => {
     fs.mkdirSync(group);
     try {
       const inGroup = (env: NodeJS.ProcessEnv) => runProcess('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', group, CLI, ...deployArgs()], { env });
-      const noCi = Object.fromEntries(Object.entries(process.env).filter(([name]) => !['CI', 'GITHUB_ACTIONS', 'GITLAB_CI', 'BUILDKITE', 'JENKINS_URL', 'TF_BUILD', 'TEAMCITY_VERSION', 'DRONE', 'CIRCLECI', 'BITBUCKET_BUILD_NUMBER'].includes(name)));
+      const noCi = Object.fromEntries(Object.entries(process.env).filter(([name]) => !CI_MARKERS.includes(name)));
       const r1 = await inGroup({ ...noCi, GITLAB_CI: 'true' });
       remember(t.stateDir, 'app');
       assert.equal(r1.code, 0, r1.stderr);

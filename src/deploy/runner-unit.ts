@@ -16,7 +16,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 
 /** Variables by which CI systems mark a job's environment. */
-const CI_MARKERS = ['CI', 'GITHUB_ACTIONS', 'GITLAB_CI', 'BUILDKITE', 'JENKINS_URL', 'TF_BUILD', 'TEAMCITY_VERSION', 'DRONE', 'CIRCLECI', 'BITBUCKET_BUILD_NUMBER'];
+export const CI_MARKERS = ['CI', 'GITHUB_ACTIONS', 'GITLAB_CI', 'BUILDKITE', 'JENKINS_URL', 'TF_BUILD', 'TEAMCITY_VERSION', 'DRONE', 'CIRCLECI', 'BITBUCKET_BUILD_NUMBER'];
 
 export interface ServiceUnit {
   unit: string;
